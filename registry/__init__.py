@@ -1,0 +1,1 @@
+"""WeiServing registry: the ZooKeeper data model, publisher, watcher and service config."""

@@ -1,0 +1,221 @@
+"""Membership snapshots and the pure reducer that protects them from mass loss.
+
+No I/O here: the watcher feeds observations (what ZooKeeper holds now) and
+the current time; :class:`MembershipReducer` returns the next state and the
+snapshot to publish.
+
+Mass-loss protection (as Eureka's self-preservation and Dubbo's empty
+protection): when an observation would drop more than
+``max_loss_fraction`` of the routable members at once, the dropped members
+are *retained* for ``hold_s`` seconds (marked in ``Snapshot.held``) while
+every other change applies. If they come back (a session expiry followed by
+re-registration, a ZooKeeper hiccup) nothing was lost; if the loss persists
+past the window, it is accepted. Only members that were routable count:
+instances that drained first (``enabled: false``) leave at once, so a
+graceful scale-down is never held back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from .records import InstanceRecord
+
+__all__ = ["MembershipReducer", "Observation", "Protection", "ReducerState", "Snapshot"]
+
+_EMPTY: Mapping = MappingProxyType({})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Snapshot:
+    """An immutable view of one service's members.
+
+    ``version`` grows by one with each published change; ``synced_at`` is the
+    wall-clock time of the last successful read from ZooKeeper (or from the
+    snapshot file); ``stale_since`` is set while ZooKeeper is unreachable
+    (the members are the last good ones); ``held`` are members retained by
+    mass-loss protection; ``rejected`` maps node names that were skipped to
+    why; ``reason`` says why this version exists.
+    """
+
+    service: str
+    version: int = 0
+    instances: Mapping[str, InstanceRecord] = field(default_factory=lambda: _EMPTY)
+    held: frozenset[str] = frozenset()
+    rejected: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    synced_at: float | None = None
+    stale_since: float | None = None
+    source: str = "empty"  # "zookeeper" | "file" | "empty"
+    reason: str = "no data yet"
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def __iter__(self):
+        return iter(self.instances.values())
+
+    def get(self, instance_id: str) -> InstanceRecord | None:
+        return self.instances.get(instance_id)
+
+    def routable(self, model: str | None = None, version: int | None = None) -> tuple[InstanceRecord, ...]:
+        """Enabled, non-draining members with weight > 0 (hosting ``model``/``version`` if given)."""
+        return tuple(
+            r for r in self.instances.values()
+            if r.routable and (model is None or r.hosts_model(model, version))
+        )
+
+    @property
+    def stale(self) -> bool:
+        return self.stale_since is not None
+
+    def staleness(self, now: float) -> float:
+        """Seconds this snapshot has been possibly out of date (0 while live)."""
+        return 0.0 if self.stale_since is None else max(0.0, now - self.stale_since)
+
+    def same_content(self, other: Snapshot) -> bool:
+        return (
+            dict(self.instances) == dict(other.instances)
+            and self.held == other.held
+            and dict(self.rejected) == dict(other.rejected)
+            and self.stale_since == other.stale_since
+            and self.source == other.source
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Observation:
+    """What ZooKeeper holds right now: parsed members and rejected node names."""
+
+    instances: Mapping[str, InstanceRecord] = field(default_factory=dict)
+    rejected: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Protection:
+    """``max_loss_fraction``: a drop of more than this share of routable members
+    is held. ``hold_s``: how long it is held unless it persists. 0.5 and 30 s:
+    an expired session re-registers within a second or two, a ZooKeeper leader
+    election takes seconds, while a real mass failure should not route to dead
+    pods for long (clients also eject endpoints that stop answering)."""
+
+    max_loss_fraction: float = 0.5
+    hold_s: float = 30.0
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_loss_fraction < 1.0:
+            raise ValueError(f"max_loss_fraction must be in [0, 1), got {self.max_loss_fraction}")
+        if self.hold_s < 0:
+            raise ValueError(f"hold_s must be >= 0, got {self.hold_s}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReducerState:
+    snapshot: Snapshot
+    observed: Observation = field(default_factory=Observation)
+    hold_since: float | None = None
+    hold_deadline: float | None = None  # when a held loss is accepted unless it ends
+
+
+def _describe(old: Mapping[str, InstanceRecord], new: Mapping[str, InstanceRecord]) -> str:
+    added = sorted(new.keys() - old.keys())
+    removed = sorted(old.keys() - new.keys())
+    changed = sorted(k for k in new.keys() & old.keys() if new[k] != old[k])
+    parts = []
+    for label, ids in (("added", added), ("removed", removed), ("updated", changed)):
+        if ids:
+            shown = ", ".join(ids[:5]) + (f" (+{len(ids) - 5})" if len(ids) > 5 else "")
+            parts.append(f"{label} {shown}")
+    return "; ".join(parts) or "no member changed"
+
+
+class MembershipReducer:
+    """Pure: (state, observation or tick, now) -> next state."""
+
+    def __init__(self, service: str, protection: Protection | None = None) -> None:
+        self.service = service
+        self.protection = protection or Protection()
+
+    def initial(self, snapshot: Snapshot | None = None) -> ReducerState:
+        snap = snapshot or Snapshot(service=self.service)
+        return ReducerState(snapshot=snap, observed=Observation(instances=dict(snap.instances)))
+
+    def observe(self, state: ReducerState, obs: Observation, now: float, reason: str = "") -> ReducerState:
+        """A fresh read of ZooKeeper: apply it, holding back a mass loss."""
+        prev = state.snapshot.instances
+        lost = self._lost(prev, obs.instances)
+        hold_since = state.hold_since
+        held: dict[str, InstanceRecord] = {}
+        if lost and self._is_mass_loss(prev, lost):
+            hold_since = now if hold_since is None else hold_since
+            if now - hold_since < self.protection.hold_s:
+                held = lost
+            else:
+                hold_since = None
+        else:
+            hold_since = None
+        merged = dict(obs.instances)
+        merged.update(held)
+        detail = _describe(prev, merged)
+        if held:
+            detail += f"; holding {len(held)} lost member(s) (mass-loss protection)"
+        snap = self._next(state.snapshot, merged, frozenset(held), obs.rejected, now,
+                          f"{reason}: {detail}" if reason else detail)
+        deadline = None if hold_since is None else hold_since + self.protection.hold_s
+        return ReducerState(snapshot=snap, observed=obs, hold_since=hold_since, hold_deadline=deadline)
+
+    def tick(self, state: ReducerState, now: float) -> ReducerState:
+        """Time passed: release a hold whose window is over."""
+        if state.hold_since is None or now - state.hold_since < self.protection.hold_s:
+            return state
+        merged = dict(state.observed.instances)
+        snap = self._next(
+            state.snapshot, merged, frozenset(), state.observed.rejected, now,
+            f"mass-loss protection expired after {self.protection.hold_s:g}s: "
+            + _describe(state.snapshot.instances, merged),
+            synced=False,
+        )
+        return ReducerState(snapshot=snap, observed=state.observed)
+
+    def mark_stale(self, state: ReducerState, now: float, why: str) -> ReducerState:
+        snap = state.snapshot
+        if snap.stale_since is not None:
+            return state
+        return replace(state, snapshot=replace(
+            snap, version=snap.version + 1, stale_since=now, reason=f"{why}; serving last good snapshot"))
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _lost(self, prev: Mapping[str, InstanceRecord], new: Mapping[str, InstanceRecord]) -> dict[str, InstanceRecord]:
+        return {k: r for k, r in prev.items() if k not in new and r.routable}
+
+    def _is_mass_loss(self, prev: Mapping[str, InstanceRecord], lost: Mapping[str, InstanceRecord]) -> bool:
+        if not self.protection.enabled:
+            return False
+        base = sum(1 for r in prev.values() if r.routable)
+        return base > 0 and len(lost) / base > self.protection.max_loss_fraction
+
+    def _next(self, prev: Snapshot, members: dict[str, InstanceRecord], held: frozenset[str],
+              rejected: Mapping[str, str], now: float, reason: str, *, synced: bool = True) -> Snapshot:
+        candidate = Snapshot(
+            service=self.service,
+            version=prev.version,
+            instances=MappingProxyType(dict(sorted(members.items()))),
+            held=held,
+            rejected=MappingProxyType(dict(rejected)),
+            synced_at=now if synced else prev.synced_at,
+            stale_since=None,
+            source="zookeeper",
+            reason=reason,
+        )
+        if candidate.same_content(prev):
+            return replace(prev, synced_at=candidate.synced_at)
+        return replace(candidate, version=prev.version + 1)
+
+
+def snapshot_from_records(service: str, records: Iterable[InstanceRecord], **kw: object) -> Snapshot:
+    return Snapshot(service=service,
+                    instances=MappingProxyType({r.id: r for r in sorted(records, key=lambda r: r.id)}),
+                    **kw)  # type: ignore[arg-type]

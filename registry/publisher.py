@@ -1,0 +1,325 @@
+"""Publisher: keeps one instance's ephemeral node in ZooKeeper equal to what we want.
+
+The caller states intent (:meth:`register`, :meth:`update`, :meth:`drain`,
+:meth:`deregister`); one worker thread owns every ZooKeeper write and
+reconciles until the node matches, whatever happens to the session:
+
+- SUSPENDED: the server still holds the node; nothing to do, writes wait.
+- LOST (session expired): the node is gone, or will be once the server
+  notices; as soon as a new session exists the worker creates it again.
+- A node with our path but another ``ephemeralOwner`` is the old session's
+  node lingering for up to the session timeout (or a duplicate id): it is
+  deleted and re-created under our session, never left to a NodeExistsError.
+
+The kazoo listener and the watch on our own node only set an event: nothing
+blocks inside kazoo's callbacks. ``drain`` is a ``setData`` (no
+delete/re-create gap a client could see as the pod vanishing).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, ZookeeperError
+from kazoo.security import ACL
+
+from .errors import PublisherClosed, RecordError
+from .records import InstanceRecord, State, decode_instance, encode_instance
+from .zk import RegistryPaths
+
+__all__ = ["Publisher", "PublisherConfig", "PublisherStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublisherConfig:
+    """``verify_interval_s``: how often the worker re-reads its node even without
+    events (a safety net; the exists-watch on the node catches deletions at once).
+    ``retry_delay_s`` / ``max_retry_delay_s``: back-off after a failed write."""
+
+    verify_interval_s: float = 60.0
+    retry_delay_s: float = 0.1
+    max_retry_delay_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.verify_interval_s <= 0 or self.retry_delay_s <= 0:
+            raise ValueError("intervals must be positive")
+        if self.max_retry_delay_s < self.retry_delay_s:
+            raise ValueError("max_retry_delay_s must be >= retry_delay_s")
+
+
+@dataclass
+class PublisherStats:
+    creates: int = 0
+    sets: int = 0
+    deletes: int = 0
+    stale_replaced: int = 0
+    failures: int = 0
+    last_error: str = ""
+
+    @property
+    def writes(self) -> int:
+        return self.creates + self.sets + self.deletes
+
+
+class Publisher:
+    """Publishes one :class:`InstanceRecord` as an ephemeral node."""
+
+    def __init__(
+        self,
+        client: KazooClient,
+        record: InstanceRecord,
+        *,
+        paths: RegistryPaths | None = None,
+        config: PublisherConfig | None = None,
+        acl: list[ACL] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._paths = paths or RegistryPaths()
+        self._config = config or PublisherConfig()
+        self._acl = acl
+        self._clock = clock
+        self._path = self._paths.instance(record.service, record.id)
+        self._record = record  # latest intent, even after deregister
+        self._desired: InstanceRecord | None = None
+        self._gen = 0  # bumped on each intent change
+        self._synced: tuple[int, int] | None = None  # (session id, gen) known written
+        self._verify = True
+        self._cond = threading.Condition()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.stats = PublisherStats()
+
+    # -- intent ----------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def record(self) -> InstanceRecord:
+        """What we want published (the last registered or updated record)."""
+        return self._record
+
+    def register(self, *, timeout: float | None = 10.0) -> bool:
+        """Create the node (now and after every session loss). True once written."""
+        now_ms = self._now_ms()
+        rec = self._record
+        if rec.registration_time_ms == 0:
+            rec = rec.with_changes(registration_time_ms=now_ms)
+        self._set_desired(rec.with_changes(updated_ms=now_ms))
+        self._start()
+        return self.wait_synced(timeout) if timeout is not None else False
+
+    def update(self, *, timeout: float | None = None, **changes: Any) -> InstanceRecord:
+        """Change fields (weight, state, models, ...); validated here, written by the worker."""
+        with self._cond:
+            if self._desired is None:
+                raise PublisherClosed(f"{self._path} is not registered; call register() first")
+            rec = self._desired.with_changes(updated_ms=self._now_ms(), **changes)
+        self._set_desired(rec)
+        if timeout is not None:
+            self.wait_synced(timeout)
+        return rec
+
+    def drain(self, *, weight: float = 0.0, timeout: float | None = None) -> InstanceRecord:
+        """``enabled: false``, state DRAINING: clients stop picking it, the node stays."""
+        return self.update(enabled=False, state=State.DRAINING, weight=weight, timeout=timeout)
+
+    def enable(self, *, weight: float, state: State = State.SERVING, timeout: float | None = None) -> InstanceRecord:
+        return self.update(enabled=True, state=state, weight=weight, timeout=timeout)
+
+    def deregister(self, *, timeout: float | None = 10.0) -> bool:
+        """Delete our node. True once it is gone."""
+        self._set_desired(None)
+        if self._thread is None:
+            return True
+        return self.wait_synced(timeout) if timeout is not None else False
+
+    def close(self, *, deregister: bool = True, timeout: float = 10.0) -> None:
+        """Stop the worker; by default delete the node first. Idempotent."""
+        if self._closed:
+            return
+        if deregister and self._desired is not None:
+            self.deregister(timeout=timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._wake.set()
+        self._client.remove_listener(self._on_state)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Publisher:
+        self.register()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- observation -----------------------------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        """True when ZooKeeper holds exactly our intent under the current session."""
+        with self._cond:
+            return self._is_synced()
+
+    def wait_synced(self, timeout: float | None = 10.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._is_synced() or self._closed, timeout)
+
+    def _is_synced(self) -> bool:
+        if self._synced is None or self._synced[1] != self._gen:
+            return False
+        if self._desired is None:
+            return True  # deleted: no session involved
+        return self._client.connected and self._synced[0] == self._client.client_id[0]
+
+    # -- worker ----------------------------------------------------------------
+
+    def _set_desired(self, rec: InstanceRecord | None) -> None:
+        with self._cond:
+            if self._closed:
+                raise PublisherClosed(f"publisher for {self._path} is closed")
+            if rec is not None:
+                self._record = rec
+            self._desired = rec
+            self._gen += 1
+        self._wake.set()
+
+    def _start(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._client.add_listener(self._on_state)
+            self._thread = threading.Thread(
+                target=self._run, name=f"wei-publisher-{self._record.id}", daemon=True
+            )
+            self._thread.start()
+
+    def _on_state(self, state: str) -> None:
+        # Runs in kazoo's thread: record and wake, never block.
+        if state == KazooState.LOST:
+            self._verify = True
+        self._wake.set()
+
+    def _on_node_event(self, event: object) -> None:
+        self._verify = True
+        self._wake.set()
+
+    def _run(self) -> None:
+        delay = self._config.retry_delay_s
+        while True:
+            self._wake.wait(timeout=self._config.verify_interval_s)
+            self._wake.clear()
+            with self._cond:
+                if self._closed:
+                    return
+            if not self._client.connected:
+                continue  # the listener wakes us on CONNECTED
+            try:
+                self._reconcile()
+                delay = self._config.retry_delay_s
+            except (KazooException, ZookeeperError, OSError) as e:
+                self.stats.failures += 1
+                self.stats.last_error = f"{type(e).__name__}: {e}"
+                log.warning("publisher %s: %s; retrying in %.2fs", self._path, self.stats.last_error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, self._config.max_retry_delay_s)
+                self._wake.set()
+
+    def _reconcile(self) -> None:
+        with self._cond:
+            desired, gen, verify = self._desired, self._gen, self._verify
+            self._verify = False
+        session_id = self._client.client_id[0]
+        if self._synced == (session_id, gen) and not verify:
+            return
+        try:
+            if desired is None:
+                self._delete_own(session_id)
+            else:
+                self._write(desired, session_id, believed_ours=self._synced is not None
+                            and self._synced[0] == session_id and not verify)
+        except BaseException:
+            with self._cond:
+                self._verify = True
+            raise
+        with self._cond:
+            self._synced = (session_id, gen)
+            self._cond.notify_all()
+
+    def _write(self, desired: InstanceRecord, session_id: int, *, believed_ours: bool) -> None:
+        data = encode_instance(desired)
+        c = self._client
+        if believed_ours:
+            try:
+                c.set(self._path, data)
+                self.stats.sets += 1
+                return
+            except NoNodeError:
+                pass
+        stat = c.exists(self._path, watch=self._on_node_event)
+        if stat is not None and stat.ephemeralOwner != session_id:
+            self._replace_stale(stat.ephemeralOwner)
+            stat = None
+        if stat is None:
+            try:
+                c.create(self._path, data, acl=self._acl, ephemeral=True, makepath=True)
+            except NodeExistsError:
+                self._verify = True
+                raise
+            self.stats.creates += 1
+        else:
+            c.set(self._path, data)
+            self.stats.sets += 1
+
+    def _replace_stale(self, owner: int) -> None:
+        try:
+            old, _ = self._client.get(self._path)
+            if not self._same_endpoint(old):
+                log.error("publisher %s: replacing a node of session %#x that names another "
+                          "endpoint: is the instance id %r used twice?", self._path, owner, self._record.id)
+            self._client.delete(self._path)
+            self.stats.deletes += 1
+            self.stats.stale_replaced += 1
+            log.info("publisher %s: replaced stale node of session %#x", self._path, owner)
+        except NoNodeError:
+            pass
+
+    def _same_endpoint(self, data: bytes | None) -> bool:
+        try:
+            return decode_instance(data).endpoint == self._record.endpoint
+        except RecordError:
+            return False
+
+    def _delete_own(self, session_id: int) -> None:
+        """Delete our node, and a lingering node of an older session of ours."""
+        try:
+            data, stat = self._client.get(self._path)
+        except NoNodeError:
+            return
+        if stat.ephemeralOwner == session_id or self._same_endpoint(data):
+            try:
+                self._client.delete(self._path, version=stat.version)
+                self.stats.deletes += 1
+            except NoNodeError:
+                pass
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def __repr__(self) -> str:
+        d = self._desired
+        state = "deregistered" if d is None else f"{d.state.value} weight={d.weight:g} enabled={d.enabled}"
+        return f"<Publisher {self._path} {state} synced={self.synced} writes={self.stats.writes}>"

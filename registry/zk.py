@@ -1,0 +1,153 @@
+"""Connecting to ZooKeeper: settings, paths under the root, and ACLs.
+
+Every component takes a started :class:`kazoo.client.KazooClient` (as
+kazoo's own recipes do) plus a :class:`RegistryPaths`; :func:`connect` builds
+one from :class:`ZkSettings` with retries that never give up on the
+connection, so a client outlives a ZooKeeper outage and comes back by itself.
+
+ACLs: with ``auth="user:password"`` the client authenticates with ZooKeeper's
+``digest`` scheme and every node it creates is writable by that user only and
+readable by anyone (world:anyone:r). Readers need no credentials.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from kazoo.client import KazooClient
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import KazooRetry
+from kazoo.security import ACL, make_acl, make_digest_acl
+
+from .errors import RecordError, ZooKeeperUnavailable
+from .records import check_name
+
+__all__ = ["RegistryPaths", "ZkSettings", "connect", "writer_acl"]
+
+ROOT_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+DEFAULT_HOSTS = "127.0.0.1:2181"
+DEFAULT_ROOT = "/weiserving"
+
+
+@dataclass(frozen=True)
+class RegistryPaths:
+    """Where things live under the configurable root (default ``/weiserving``)."""
+
+    root: str = DEFAULT_ROOT
+
+    def __post_init__(self) -> None:
+        if not ROOT_RE.match(self.root):
+            raise RecordError("root", "an absolute ZooKeeper path like /weiserving", self.root)
+
+    @property
+    def services(self) -> str:
+        return f"{self.root}/services"
+
+    @property
+    def configs(self) -> str:
+        return f"{self.root}/config"
+
+    def service(self, service: str) -> str:
+        return f"{self.services}/{check_name('service', service)}"
+
+    def instance(self, service: str, instance_id: str) -> str:
+        return f"{self.service(service)}/{check_name('id', instance_id)}"
+
+    def config(self, service: str) -> str:
+        return f"{self.configs}/{check_name('service', service)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZkSettings:
+    """How to reach ZooKeeper.
+
+    ``session_timeout_s``: 10 s is the trade-off between noticing a dead pod
+    (its ephemeral node lives this long) and surviving a GC pause or a leader
+    election without losing the session.
+    """
+
+    hosts: str = DEFAULT_HOSTS
+    root: str = DEFAULT_ROOT
+    session_timeout_s: float = 10.0
+    connect_timeout_s: float = 10.0
+    auth: str | None = None  # "user:password" for digest ACLs
+    read_only: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.hosts or " " in self.hosts:
+            raise RecordError("hosts", "host:port[,host:port...][/chroot]", self.hosts)
+        RegistryPaths(self.root)
+        if self.session_timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise RecordError("timeouts", "positive seconds", (self.session_timeout_s, self.connect_timeout_s))
+        if self.auth is not None and ":" not in self.auth:
+            raise RecordError("auth", "user:password", "<hidden>")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ZkSettings:
+        """``WEI_ZK``, ``WEI_ZK_ROOT`` and ``WEI_ZK_AUTH``, then ``overrides`` (None = unset)."""
+        values: dict[str, object] = {
+            "hosts": os.environ.get("WEI_ZK", DEFAULT_HOSTS),
+            "root": os.environ.get("WEI_ZK_ROOT", DEFAULT_ROOT),
+            "auth": os.environ.get("WEI_ZK_AUTH") or None,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def paths(self) -> RegistryPaths:
+        return RegistryPaths(self.root)
+
+    def __repr__(self) -> str:  # never print the password
+        auth = "<set>" if self.auth else None
+        return (
+            f"ZkSettings(hosts={self.hosts!r}, root={self.root!r}, "
+            f"session_timeout_s={self.session_timeout_s}, auth={auth})"
+        )
+
+
+def writer_acl(auth: str | None) -> list[ACL] | None:
+    """Digest ACL for the writer plus world-read; None (open ACL) without auth."""
+    if not auth:
+        return None
+    user, password = auth.split(":", 1)
+    return [
+        make_digest_acl(user, password, all=True),
+        make_acl("world", "anyone", read=True),
+    ]
+
+
+def make_client(settings: ZkSettings) -> KazooClient:
+    """A configured, not yet started client whose connection retries forever."""
+    kw: dict[str, object] = {}
+    if settings.auth:
+        kw["auth_data"] = [("digest", settings.auth)]
+        kw["default_acl"] = writer_acl(settings.auth)
+    return KazooClient(
+        hosts=settings.hosts,
+        timeout=settings.session_timeout_s,
+        connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=2.0),
+        command_retry=KazooRetry(max_tries=3, delay=0.1, backoff=2, max_delay=1.0),
+        read_only=settings.read_only,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def connect(settings: ZkSettings, *, wait: bool = True) -> KazooClient:
+    """A started client. ``wait=False`` returns at once and connects in the background.
+
+    With ``wait=True`` an unreachable ensemble raises :class:`ZooKeeperUnavailable`
+    after ``connect_timeout_s`` and the client is stopped again.
+    """
+    client = make_client(settings)
+    if not wait:
+        client.start_async()
+        return client
+    try:
+        client.start(timeout=settings.connect_timeout_s)
+    except KazooTimeoutError:
+        client.stop()
+        client.close()
+        raise ZooKeeperUnavailable(settings.hosts, settings.connect_timeout_s) from None
+    return client

@@ -1,0 +1,1 @@
+"""Sidecar agent (filled in by the server-agent issue)."""

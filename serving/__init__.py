@@ -1,0 +1,1 @@
+"""Model server (filled in by the serving-runtime issue)."""

@@ -1,0 +1,1 @@
+"""WeiClient SDK (filled in by the client issue)."""
