@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, ZookeeperError
+from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError, ZookeeperError
 from kazoo.security import ACL
 
 from .errors import PublisherClosed, RecordError
@@ -139,7 +139,7 @@ class Publisher:
         return self.update(enabled=True, state=state, weight=weight, timeout=timeout)
 
     def deregister(self, *, timeout: float | None = 10.0) -> bool:
-        """Delete our node. True once it is gone."""
+        """Leave: drain (if still routable), then delete our node. True once it is gone."""
         self._set_desired(None)
         if self._thread is None:
             return True
@@ -269,7 +269,12 @@ class Publisher:
                 return
             except NoNodeError:
                 pass
-        stat = c.exists(self._path, watch=self._on_node_event)
+        # Verify: read (re-arming the watch on our node) and write only what differs.
+        # Our own set fires that watch too; the read then finds equal data and stops.
+        try:
+            current, stat = c.get(self._path, watch=self._on_node_event)
+        except NoNodeError:
+            current, stat = None, None
         if stat is not None and stat.ephemeralOwner != session_id:
             self._replace_stale(stat.ephemeralOwner)
             stat = None
@@ -280,8 +285,9 @@ class Publisher:
                 self._verify = True
                 raise
             self.stats.creates += 1
-        else:
-            c.set(self._path, data)
+            c.exists(self._path, watch=self._on_node_event)
+        elif current != data:
+            c.set(self._path, data, version=stat.version)
             self.stats.sets += 1
 
     def _replace_stale(self, owner: int) -> None:
@@ -304,17 +310,34 @@ class Publisher:
             return False
 
     def _delete_own(self, session_id: int) -> None:
-        """Delete our node, and a lingering node of an older session of ours."""
+        """Delete our node, and a lingering node of an older session of ours.
+
+        A routable node is drained first (one setData): watchers then see a
+        deliberate departure and drop it at once, instead of holding it as a
+        possible mass loss.
+        """
         try:
             data, stat = self._client.get(self._path)
         except NoNodeError:
             return
         if stat.ephemeralOwner == session_id or self._same_endpoint(data):
             try:
+                current = decode_instance(data)
+            except RecordError:
+                current = None
+            try:
+                if current is not None and current.routable:
+                    drained = current.with_changes(enabled=False, state=State.DRAINING, weight=0.0,
+                                                   updated_ms=self._now_ms())
+                    stat = self._client.set(self._path, encode_instance(drained), version=stat.version)
+                    self.stats.sets += 1
                 self._client.delete(self._path, version=stat.version)
                 self.stats.deletes += 1
             except NoNodeError:
                 pass
+            except BadVersionError:
+                self._verify = True
+                raise
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

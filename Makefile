@@ -1,0 +1,50 @@
+# Two commands on a fresh Debian/Ubuntu machine: `make demo` and `make test`.
+# Each installs what it needs when missing: Debian's zookeeper and Curator
+# jars and a JDK (apt-get), a virtualenv in .venv, the package and its extras.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= tf,dev
+PYTEST_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := zookeeper libcurator-discovery-java default-jdk-headless
+
+.PHONY: deps system venv test unit demo bench lint clean
+
+deps: system venv
+
+system:
+	@if ! dpkg -s zookeeper libcurator-discovery-java >/dev/null 2>&1 \
+	    || ! command -v java >/dev/null || ! command -v javac >/dev/null; then \
+	  echo "== installing Debian packages: $(APT_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "== installing weiserving[$(EXTRAS)] into $(VENV)"
+	$(PY) -m pip install -q --disable-pip-version-check -U pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]'
+	@touch $@
+
+venv: $(VENV)/.installed-$(EXTRAS)
+
+test: deps
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+demo: deps
+	$(PY) examples/registry_demo.py
+
+bench: deps
+	$(PY) bench/registry_latency.py
+
+lint: venv
+	$(VENV)/bin/ruff check registry weiclient serving server_agent tests bench examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
