@@ -378,31 +378,34 @@ class _ContainerZooKeeper:
     """A single ZooKeeper in a Docker container via testcontainers (optional)."""
 
     def __init__(self, image: str = "zookeeper:3.8") -> None:
-        try:
-            from testcontainers.core.container import DockerContainer
-            from testcontainers.core.waiting_utils import wait_for_logs
-        except ImportError as e:  # pragma: no cover - dev extra missing
-            raise EmbeddedZooKeeperError("testcontainers is not installed") from e
-        self._wait_for_logs = wait_for_logs
-        self._container = DockerContainer(image).with_exposed_ports(2181).with_env(
-            "ZOO_4LW_COMMANDS_WHITELIST", "*"
-        )
+        self._image = image
+        self._container = None
         self.size = 1
         self.hosts = ""
 
     def start(self) -> _ContainerZooKeeper:
         try:
+            from testcontainers.core.container import DockerContainer
+            from testcontainers.core.waiting_utils import wait_for_logs
+        except ImportError as e:  # pragma: no cover - dev extra missing
+            raise EmbeddedZooKeeperError("testcontainers is not installed (pip install testcontainers)") from e
+        try:
+            self._container = DockerContainer(self._image).with_exposed_ports(2181).with_env(
+                "ZOO_4LW_COMMANDS_WHITELIST", "*")
             self._container.start()
+            wait_for_logs(self._container, "binding to port", timeout=60)
         except Exception as e:
-            raise EmbeddedZooKeeperError(f"no Docker engine answers: {e}") from e
-        self._wait_for_logs(self._container, "binding to port", timeout=60)
+            self.stop()
+            raise EmbeddedZooKeeperError(f"no Docker engine answers for testcontainers: {e}") from e
         host = self._container.get_container_host_ip()
         self.hosts = f"{host}:{self._container.get_exposed_port(2181)}"
         return self
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self._container.stop()
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.stop()
+            self._container = None
 
     def __enter__(self) -> _ContainerZooKeeper:
         return self.start()
