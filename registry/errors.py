@@ -4,6 +4,7 @@
     ├── RecordError            a record or config failed validation (field, expected)
     ├── ZooKeeperUnavailable   no session within the timeout (hosts, timeout)
     ├── ServiceNotFound        no such service under the root (service, known)
+    ├── NotRegistered          update/drain before register (or after deregister)
     └── PublisherClosed        the publisher was closed
 """
 
@@ -44,6 +45,10 @@ class ServiceNotFound(RegistryError):
         self.known = known
         hint = f"; known services: {', '.join(sorted(known))}" if known else "; no services registered"
         super().__init__(f"no service {service!r} under {where}{hint}")
+
+
+class NotRegistered(RegistryError):
+    pass
 
 
 class PublisherClosed(RegistryError):

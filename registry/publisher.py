@@ -29,7 +29,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError, ZookeeperError
 from kazoo.security import ACL
 
-from .errors import PublisherClosed, RecordError
+from .errors import NotRegistered, PublisherClosed, RecordError
 from .records import InstanceRecord, State, decode_instance, encode_instance
 from .zk import RegistryPaths
 
@@ -124,7 +124,7 @@ class Publisher:
         """Change fields (weight, state, models, ...); validated here, written by the worker."""
         with self._cond:
             if self._desired is None:
-                raise PublisherClosed(f"{self._path} is not registered; call register() first")
+                raise NotRegistered(f"{self._path} is not registered; call register() first")
             rec = self._desired.with_changes(updated_ms=self._now_ms(), **changes)
         self._set_desired(rec)
         if timeout is not None:
@@ -139,7 +139,14 @@ class Publisher:
         return self.update(enabled=True, state=state, weight=weight, timeout=timeout)
 
     def deregister(self, *, timeout: float | None = 10.0) -> bool:
-        """Leave: drain (if still routable), then delete our node. True once it is gone."""
+        """Leave: drain (if still routable), then delete our node. True once it is gone.
+
+        A watcher that reads the drained state before the deletion drops the
+        member at once; one that only sees the deletion treats it as a possible
+        mass loss (see ``registry.membership``). For a guaranteed clean exit,
+        :meth:`drain`, wait until clients have seen it, then deregister (the
+        agent's preStop path does this).
+        """
         self._set_desired(None)
         if self._thread is None:
             return True

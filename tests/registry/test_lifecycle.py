@@ -2,6 +2,8 @@
 
 import threading
 
+import pytest
+
 from registry.publisher import Publisher
 from registry.records import InstanceRecord, State
 from registry.watcher import MembershipWatcher
@@ -49,6 +51,8 @@ def test_watcher_before_service_exists_and_after_it_is_recreated(zk, make_client
     pub = Publisher(zk, rec(1, service="late"))
     pub.register()
     watcher.wait_for(lambda s: "pod-1" in s.instances)
+    pub.drain()  # the graceful protocol: drain, let watchers see it, then leave
+    watcher.wait_for(lambda s: s.get("pod-1") is not None and not s.get("pod-1").enabled)
     pub.close()
     watcher.wait_for(lambda s: "pod-1" not in s.instances)
     zk.delete(paths.service("late"), recursive=True)
@@ -119,14 +123,52 @@ def test_watcher_survives_its_own_session_expiry(zk, make_client, expire):
     watcher.close()
 
 
-def test_listener_and_watch_callbacks_do_not_block(zk, make_client):
-    """kazoo delivers all callbacks on one thread: if ours blocked, this one would wait."""
-    watcher = MembershipWatcher(make_client(), "ctr").start()
+def _record_calling_threads(client, seen):
+    """Wrap the client's ZooKeeper calls to note which thread makes each one."""
+    for name in ("get", "get_async", "get_children", "exists", "create", "set", "delete"):
+        real = getattr(client, name)
+
+        def wrapper(*a, _real=real, **kw):
+            seen.add(threading.current_thread().name)
+            return _real(*a, **kw)
+
+        setattr(client, name, wrapper)
+
+
+def test_no_zookeeper_io_on_kazoo_threads(zk, make_client, expire):
+    """Listeners and watch callbacks only enqueue: every ZooKeeper call of the
+    publisher and the watcher happens on their own worker threads, through
+    registration, updates, watch events and a session expiry."""
+    wclient = make_client()
+    seen: set[str] = set()
+    _record_calling_threads(zk, seen)
+    _record_calling_threads(wclient, seen)
+    watcher = MembershipWatcher(wclient, "ctr").start()
     pub = Publisher(zk, rec(1))
     pub.register()
-    fired = threading.Event()
-    zk.exists(pub.path, watch=lambda e: fired.set())
     pub.update(weight=2.0)
-    assert fired.wait(5)
+    watcher.wait_for(lambda s: s.get("pod-1") is not None and s.get("pod-1").weight == 2.0)
+    expire(zk)
+    expire(wclient)
+    assert pub.wait_synced(20)
+    pub.update(weight=3.0)
+    watcher.wait_for(lambda s: s.get("pod-1") is not None and s.get("pod-1").weight == 3.0, timeout=20)
     pub.close()
     watcher.close()
+    assert seen, "no call recorded"
+    assert all(t.startswith(("wei-publisher-", "wei-watcher-")) for t in seen), seen
+
+
+def test_misuse_is_a_clear_error(zk):
+    from registry.errors import NotRegistered, PublisherClosed, RecordError
+
+    pub = Publisher(zk, rec(1))
+    with pytest.raises(NotRegistered, match="call register"):
+        pub.update(weight=2.0)
+    pub.register()
+    with pytest.raises(RecordError, match="weight: expected > 0"):
+        pub.update(weight=0.0)  # validated in the caller's thread, nothing written
+    assert pub.synced
+    pub.close()
+    with pytest.raises(PublisherClosed):
+        pub.register()
