@@ -195,7 +195,9 @@ class ConfigStore:
         _freeze_split(model, split)  # fail before any I/O
         return self.modify(service, lambda old: old.with_split(model, split))
 
-    def modify(self, service: str, fn: Callable[[ServiceConfig], ServiceConfig], *, attempts: int = 10) -> ServiceConfig:
+    def modify(
+        self, service: str, fn: Callable[[ServiceConfig], ServiceConfig], *, attempts: int = 10
+    ) -> ServiceConfig:
         """Read, apply ``fn``, write back if nobody wrote in between; retry otherwise.
 
         A node holding garbage is replaced (``fn`` sees the defaults).

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from registry.membership import Protection
 from registry.publisher import Publisher
 from registry.records import Capacity, InstanceRecord, State
-from registry.membership import Protection
 from registry.watcher import MembershipWatcher, WatcherConfig
 
 pytestmark = pytest.mark.java

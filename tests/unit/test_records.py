@@ -70,7 +70,8 @@ def test_zero_weight_allowed_when_draining_or_disabled():
 
 
 def test_oversized_record_refused_on_write():
-    r = rec(labels={f"k{i}": "x" * 256 for i in range(64)}, models={f"m{i}": list(range(10000, 10064)) for i in range(256)})
+    r = rec(labels={f"k{i}": "x" * 256 for i in range(64)},
+            models={f"m{i}": list(range(10000, 10064)) for i in range(256)})
     with pytest.raises(RecordError, match="bytes"):
         encode_instance(r)
 

@@ -5,7 +5,8 @@ from registry.errors import RecordError
 
 
 def test_roundtrip_and_json_shape():
-    cfg = ServiceConfig(splits={"ctr": {12: 90, 13: 10}}, balancer=BalancerSpec(policy="weighted_p2c", knobs={"choices": 2}))
+    cfg = ServiceConfig(splits={"ctr": {12: 90, 13: 10}},
+                        balancer=BalancerSpec(policy="weighted_p2c", knobs={"choices": 2}))
     data = encode_config(cfg)
     assert b'"splits":{"ctr":{"12":90.0,"13":10.0}}' in data
     assert decode_config(data) == cfg
