@@ -138,10 +138,12 @@ class WatchLoop:
         """Run a step; on a ZooKeeper error schedule a full resync with back-off."""
         try:
             fn()
-        except ZK_ERRORS as e:
+        except Exception as e:  # a ZooKeeper error is expected; anything else is a bug, logged loudly
             self.errors += 1
             self.last_error = f"{type(e).__name__}: {e}"
-            log.info("%s: %s; resync in %.2fs", self._name, self.last_error, self._delay)
+            expected = isinstance(e, ZK_ERRORS)
+            log.log(logging.INFO if expected else logging.ERROR, "%s: %s; resync in %.2fs",
+                    self._name, self.last_error, self._delay, exc_info=not expected)
             self._need_resync = True
             self._retry_at = self._clock() + self._delay
             self._delay = min(self._delay * 2, self._max_retry_delay_s)

@@ -96,6 +96,7 @@ class Publisher:
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._closed = False
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = PublisherStats()
 
@@ -161,6 +162,7 @@ class Publisher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._stopping.set()
         self._wake.set()
         self._client.remove_listener(self._on_state)
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -237,11 +239,13 @@ class Publisher:
             try:
                 self._reconcile()
                 delay = self._config.retry_delay_s
-            except (KazooException, ZookeeperError, OSError) as e:
+            except Exception as e:  # the worker must outlive any single failure
                 self.stats.failures += 1
                 self.stats.last_error = f"{type(e).__name__}: {e}"
-                log.warning("publisher %s: %s; retrying in %.2fs", self._path, self.stats.last_error, delay)
-                time.sleep(delay)
+                expected = isinstance(e, KazooException | ZookeeperError | OSError)
+                log.log(logging.WARNING if expected else logging.ERROR, "publisher %s: %s; retrying in %.2fs",
+                        self._path, self.stats.last_error, delay, exc_info=not expected)
+                self._stopping.wait(delay)
                 delay = min(delay * 2, self._config.max_retry_delay_s)
                 self._wake.set()
 
