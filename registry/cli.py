@@ -16,6 +16,8 @@ import argparse
 import json
 import logging
 import math
+import os
+import signal
 import sys
 import threading
 import time
@@ -39,6 +41,7 @@ from .zk import RegistryPaths, ZkSettings, connect
 
 PROG = "wei-registry"
 out = Console(highlight=False, soft_wrap=True)
+Command = Callable[[KazooClient, RegistryPaths, argparse.Namespace], int]
 
 
 class UsageError(Exception):
@@ -128,8 +131,8 @@ def read_members(client: KazooClient, paths: RegistryPaths,
             continue  # left between the listing and the read
         try:
             rec = decode_instance(data)
-            if rec.id != child or rec.service != service:
-                raise RecordError("id/name", f"id {child!r} and name {service!r}", f"{rec.id!r}/{rec.service!r}")
+            if rec.id != child or rec.service != service:  # as the watcher: a node names itself
+                raise RecordError("id/name", f"{child!r}/{service!r}", f"{rec.id!r}/{rec.service!r}")
         except RecordError as e:
             rejected[child] = str(e)
             continue
@@ -199,8 +202,15 @@ def cmd_ls(client: KazooClient, paths: RegistryPaths, args: argparse.Namespace) 
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_watch(client: KazooClient, paths: RegistryPaths, args: argparse.Namespace) -> int:
     require_service(client, paths, args.service)
+    # Ctrl-C and SIGTERM end the watch cleanly, even where a shell started us with SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     watcher = MembershipWatcher(client, args.service, paths=paths)
     # A timer closing the watcher ends updates() however busy or idle it is.
     timer = threading.Timer(args.duration, watcher.close) if args.duration else None
@@ -249,30 +259,29 @@ def cmd_split(client: KazooClient, paths: RegistryPaths, args: argparse.Namespac
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Inspect and steer the WeiServing ZooKeeper registry.")
-    p.add_argument("--zk", metavar="HOSTS", help="ZooKeeper connect string (env WEI_ZK, default 127.0.0.1:2181)")
+    p.add_argument("--zk", metavar="HOSTS", help="connect string (env WEI_ZK, default 127.0.0.1:2181)")
     p.add_argument("--root", metavar="PATH", help="registry root (env WEI_ZK_ROOT, default /weiserving)")
     p.add_argument("--auth", metavar="USER:PASSWORD", help="digest credentials for writes (env WEI_ZK_AUTH)")
-    p.add_argument("--timeout", metavar="SECONDS", type=float, default=5.0, help="connect timeout (default 5)")
+    p.add_argument("--timeout", metavar="SECONDS", type=float, default=5.0, help="connect timeout (5)")
     p.add_argument("-v", "--verbose", action="store_true", help="log kazoo and registry messages to stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    ls = sub.add_parser("ls", help="list a service's members")
-    ls.add_argument("service")
-    ls.add_argument("--json", action="store_true", help="print Curator-shaped instances as JSON")
-    ls.set_defaults(run=cmd_ls)
-    w = sub.add_parser("watch", help="print the membership each time it changes (Ctrl-C ends)")
-    w.add_argument("service")
+
+    def command(name: str, run: Command, help: str, *, as_json: bool = False) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help)
+        c.add_argument("service")
+        if as_json:
+            c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        c.set_defaults(run=run)
+        return c
+
+    command("ls", cmd_ls, "list a service's members (--json: Curator-shaped instances)", as_json=True)
+    w = command("watch", cmd_watch, "print the membership each time it changes (Ctrl-C ends)")
     w.add_argument("--count", type=int, default=0, metavar="N", help="stop after N snapshots")
     w.add_argument("--duration", type=float, default=0.0, metavar="SECONDS", help="stop after this long")
-    w.set_defaults(run=cmd_watch)
-    c = sub.add_parser("config", help="show a service's traffic splits and balancer policy")
-    c.add_argument("service")
-    c.add_argument("--json", action="store_true", help="print the config as JSON")
-    c.set_defaults(run=cmd_config)
-    s = sub.add_parser("split", help="set a model's traffic split, e.g. split ctr ctr 12=90 13=10")
-    s.add_argument("service")
+    command("config", cmd_config, "show a service's traffic splits and balancer policy", as_json=True)
+    s = command("split", cmd_split, "set a model's traffic split, e.g. split ctr ctr 12=90 13=10")
     s.add_argument("model")
     s.add_argument("shares", nargs="+", metavar="VERSION=SHARE")
-    s.set_defaults(run=cmd_split)
     return p
 
 
@@ -307,7 +316,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler() if args.verbose else logging.NullHandler()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
-    command: Callable[[KazooClient, RegistryPaths, argparse.Namespace], int] = args.run
+    command: Command = args.run
     try:
         check_args(args)
         with session(args) as (client, paths):
@@ -315,11 +324,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         return fail(str(e), 2)
     except NoAuthError:
-        return fail("ZooKeeper refused the write: not authorised (pass --auth USER:PASSWORD or set WEI_ZK_AUTH)")
+        return fail("ZooKeeper refused the write: not authorised (pass --auth USER:PASSWORD)")
     except RecordError as e:
         return fail(f"invalid data: {e}")
     except RegistryError as e:  # ZooKeeperUnavailable, ServiceNotFound
         return fail(str(e))
+    except BrokenPipeError:  # the reader left (`| head`): exit 1 quietly, as rich does for tables
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (KazooException, ZookeeperError, OSError) as e:
         return fail(f"ZooKeeper request failed: {type(e).__name__}: {e}".rstrip(": "))
     except KeyboardInterrupt:

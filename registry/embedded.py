@@ -37,6 +37,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "EmbeddedZooKeeperError",
@@ -379,7 +380,7 @@ class _ContainerZooKeeper:
 
     def __init__(self, image: str = "zookeeper:3.8") -> None:
         self._image = image
-        self._container = None
+        self._container: Any = None
         self.size = 1
         self.hosts = ""
 

@@ -113,10 +113,20 @@ class Protection:
 
 @dataclass(frozen=True, kw_only=True)
 class ReducerState:
+    """``held``: id -> (when it vanished, its last record), retained by protection.
+    ``recent_losses``: (when, id) of losses accepted within the window; they count
+    towards the loss fraction so that a mass loss spread over several watch
+    batches is caught like one that arrives at once."""
+
     snapshot: Snapshot
     observed: Observation = field(default_factory=Observation)
-    hold_since: float | None = None
-    hold_deadline: float | None = None  # when a held loss is accepted unless it ends
+    held: Mapping[str, tuple[float, InstanceRecord]] = field(default_factory=dict)
+    recent_losses: tuple[tuple[float, str], ...] = ()
+    hold_deadline: float | None = None  # when the oldest held loss is accepted unless it ends
+
+
+def _ids(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (f" (+{len(ids) - 5})" if len(ids) > 5 else "")
 
 
 def _describe(old: Mapping[str, InstanceRecord], new: Mapping[str, InstanceRecord]) -> str:
@@ -143,41 +153,64 @@ class MembershipReducer:
         return ReducerState(snapshot=snap, observed=Observation(instances=dict(snap.instances)))
 
     def observe(self, state: ReducerState, obs: Observation, now: float, reason: str = "") -> ReducerState:
-        """A fresh read of ZooKeeper: apply it, holding back a mass loss."""
-        prev = state.snapshot.instances
-        lost = self._lost(prev, obs.instances)
-        hold_since = state.hold_since
-        held: dict[str, InstanceRecord] = {}
-        if lost and self._is_mass_loss(prev, lost):
-            hold_since = now if hold_since is None else hold_since
-            if now - hold_since < self.protection.hold_s:
-                held = lost
+        """A fresh read of ZooKeeper: apply it, holding back a mass loss.
+
+        The loss fraction counts every routable member lost within the last
+        ``hold_s`` (accepted, held, or lost now) against the routable members
+        there were: once it exceeds ``max_loss_fraction``, members that vanish
+        are held, as Eureka stops expiring leases once too many have expired.
+        """
+        p = self.protection
+        recent = tuple((t, i) for t, i in state.recent_losses if now - t < p.hold_s and i not in obs.instances)
+        held = {i: v for i, v in state.held.items() if i not in obs.instances}  # returned ones stop being held
+        released = sorted(i for i, (t, _) in held.items() if now - t >= p.hold_s)
+        for i in released:
+            del held[i]
+        prev_live = {k: r for k, r in state.snapshot.instances.items() if k not in state.held}
+        newly_lost = {k: r for k, r in prev_live.items() if k not in obs.instances and r.routable}
+        newly_held: list[str] = []
+        if newly_lost:
+            lost_total = len(recent) + len(held) + len(newly_lost)
+            base = sum(1 for r in obs.instances.values() if r.routable) + lost_total
+            if p.enabled and lost_total / base > p.max_loss_fraction:
+                held.update({k: (now, r) for k, r in newly_lost.items()})
+                newly_held = sorted(newly_lost)
             else:
-                hold_since = None
-        else:
-            hold_since = None
+                recent += tuple((now, k) for k in sorted(newly_lost))
         merged = dict(obs.instances)
-        merged.update(held)
-        detail = _describe(prev, merged)
-        if held:
-            detail += f"; holding {len(held)} lost member(s) (mass-loss protection)"
+        merged.update({i: r for i, (_, r) in held.items()})
+        parts = [_describe(state.snapshot.instances, merged)]
+        if newly_held:
+            parts.append(f"lost {_ids(newly_held)}: held by mass-loss protection for {p.hold_s:g}s")
+        if released:
+            parts.append(f"protection expired for {_ids(released)}")
+        if len(parts) > 1 and parts[0] == "no member changed":
+            parts.pop(0)
+        detail = "; ".join(parts)
         snap = self._next(state.snapshot, merged, frozenset(held), obs.rejected, now,
                           f"{reason}: {detail}" if reason else detail)
-        deadline = None if hold_since is None else hold_since + self.protection.hold_s
-        return ReducerState(snapshot=snap, observed=obs, hold_since=hold_since, hold_deadline=deadline)
+        return self._state(snap, obs, held, recent)
 
     def tick(self, state: ReducerState, now: float) -> ReducerState:
-        """Time passed: release a hold whose window is over."""
-        if state.hold_since is None or now - state.hold_since < self.protection.hold_s:
+        """Time passed: accept held losses whose window is over."""
+        released = sorted(i for i, (t, _) in state.held.items() if now - t >= self.protection.hold_s)
+        if not released:
             return state
+        held = {i: v for i, v in state.held.items() if i not in released}
         merged = dict(state.observed.instances)
+        merged.update({i: r for i, (_, r) in held.items()})
         snap = self._next(
-            state.snapshot, merged, frozenset(), state.observed.rejected, now,
-            f"mass-loss protection expired after {self.protection.hold_s:g}s: "
-            + _describe(state.snapshot.instances, merged),
+            state.snapshot, merged, frozenset(held), state.observed.rejected, now,
+            f"mass-loss protection expired after {self.protection.hold_s:g}s: removed {_ids(released)}",
             synced=False,
         )
-        return ReducerState(snapshot=snap, observed=state.observed)
+        return self._state(snap, state.observed, held, state.recent_losses)
+
+    def _state(self, snap: Snapshot, obs: Observation, held: dict[str, tuple[float, InstanceRecord]],
+               recent: tuple[tuple[float, str], ...]) -> ReducerState:
+        deadline = min((t for t, _ in held.values()), default=None)
+        return ReducerState(snapshot=snap, observed=obs, held=MappingProxyType(held), recent_losses=recent,
+                            hold_deadline=None if deadline is None else deadline + self.protection.hold_s)
 
     def mark_stale(self, state: ReducerState, now: float, why: str) -> ReducerState:
         snap = state.snapshot
@@ -187,15 +220,6 @@ class MembershipReducer:
             snap, version=snap.version + 1, stale_since=now, reason=f"{why}; serving last good snapshot"))
 
     # -- helpers -----------------------------------------------------------------
-
-    def _lost(self, prev: Mapping[str, InstanceRecord], new: Mapping[str, InstanceRecord]) -> dict[str, InstanceRecord]:
-        return {k: r for k, r in prev.items() if k not in new and r.routable}
-
-    def _is_mass_loss(self, prev: Mapping[str, InstanceRecord], lost: Mapping[str, InstanceRecord]) -> bool:
-        if not self.protection.enabled:
-            return False
-        base = sum(1 for r in prev.values() if r.routable)
-        return base > 0 and len(lost) / base > self.protection.max_loss_fraction
 
     def _next(self, prev: Snapshot, members: dict[str, InstanceRecord], held: frozenset[str],
               rejected: Mapping[str, str], now: float, reason: str, *, synced: bool = True) -> Snapshot:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
@@ -186,7 +186,7 @@ class InstanceRecord:
     state: State = State.WARMING
     zone: str = ""
     node: str = ""
-    models: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    models: Mapping[str, Sequence[int]] = field(default_factory=dict)  # stored as sorted tuples
     labels: Mapping[str, str] = field(default_factory=dict)
     enabled: bool = True
     registration_time_ms: int = 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.hosts import collect_hosts
 from kazoo.retry import KazooRetry
 from kazoo.security import ACL, make_acl, make_digest_acl
 
@@ -78,6 +79,10 @@ class ZkSettings:
     def __post_init__(self) -> None:
         if not self.hosts or " " in self.hosts:
             raise RecordError("hosts", "host:port[,host:port...][/chroot]", self.hosts)
+        try:
+            collect_hosts(self.hosts)
+        except ValueError as e:
+            raise RecordError("hosts", f"host:port[,host:port...][/chroot] ({e})", self.hosts) from None
         RegistryPaths(self.root)
         if self.session_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise RecordError("timeouts", "positive seconds", (self.session_timeout_s, self.connect_timeout_s))

@@ -50,12 +50,38 @@ def test_mass_loss_is_held_then_accepted_after_the_window():
     assert "protection expired" in s.snapshot.reason
 
 
+def test_a_loss_spread_over_several_batches_is_caught():
+    """Members vanishing one watch batch at a time count together within the window."""
+    s = RED.observe(RED.initial(), obs(r(1), r(2), r(3), r(4)), now=0.0)
+    s = RED.observe(s, obs(r(1), r(2), r(3)), now=1.0)   # 1/4 lost: accepted
+    s = RED.observe(s, obs(r(1), r(2)), now=2.0)         # 2/4: accepted (not more than half)
+    assert set(s.snapshot.instances) == {"p1", "p2"} and not s.snapshot.held
+    s = RED.observe(s, obs(r(1)), now=3.0)               # 3/4 within 30 s: held
+    assert set(s.snapshot.instances) == {"p1", "p2"} and s.snapshot.held == {"p2"}
+    assert "lost p2: held" in s.snapshot.reason
+    s = RED.observe(s, obs(), now=4.0)
+    assert s.snapshot.held == {"p1", "p2"} and s.hold_deadline == 33.0
+    s = RED.tick(s, now=33.0)
+    assert s.snapshot.held == {"p1"} and set(s.snapshot.instances) == {"p1"}
+    s = RED.tick(s, now=34.0)
+    assert len(s.snapshot) == 0 and s.hold_deadline is None
+
+
+def test_losses_older_than_the_window_do_not_count():
+    s = RED.observe(RED.initial(), obs(r(1), r(2), r(3), r(4)), now=0.0)
+    s = RED.observe(s, obs(r(1), r(2), r(3)), now=1.0)
+    s = RED.observe(s, obs(r(1), r(2)), now=2.0)
+    s = RED.observe(s, obs(r(1)), now=40.0)  # the first two losses left the window: 1/2 is not a mass loss
+    assert set(s.snapshot.instances) == {"p1"} and not s.snapshot.held
+
+
 def test_hold_ends_when_members_come_back():
     s = RED.observe(RED.initial(), obs(r(1)), now=0.0)
     s = RED.observe(s, obs(), now=1.0)  # session expired: the only member vanished
     assert set(s.snapshot.instances) == {"p1"} and s.snapshot.held == {"p1"}
     s = RED.observe(s, obs(r(1, weight=2.0)), now=2.0)  # re-registered
-    assert s.snapshot.get("p1").weight == 2.0 and not s.snapshot.held and s.hold_since is None
+    assert s.snapshot.get("p1").weight == 2.0 and not s.snapshot.held and not s.held
+    assert s.hold_deadline is None
 
 
 def test_drained_members_leave_without_protection():

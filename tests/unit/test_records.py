@@ -122,3 +122,11 @@ def test_wrong_json_types_never_raise_anything_but_record_error(obj):
 def test_size_limit_on_read():
     with pytest.raises(RecordError):
         decode_instance(b" " * (MAX_RECORD_BYTES + 1))
+
+
+@pytest.mark.parametrize("hosts", ["127.0.0.1:abc", ":", "127.0.0.1:99999", "", "a b:1"])
+def test_bad_hosts_string_is_a_record_error(hosts):
+    from registry.zk import ZkSettings
+
+    with pytest.raises(RecordError, match="hosts"):
+        ZkSettings(hosts=hosts)
