@@ -1,0 +1,246 @@
+"""The balancer: a membership feed, an availability filter, a load metric and a selector.
+
+::
+
+    update(snapshot, now)   membership -> a new immutable Candidates vector (states carried)
+    pick(model, version, key=, exclude=, now=)
+        Candidates.view(model, version)   filter: hosts it, enabled, not draining, weight > 0
+        View.current(now, epoch)          filter: not ejected; effective weights, prefix sums
+        selector.select(...)              P2C / WRR / random / bounded-load hash
+    on_start(endpoint, now) / on_finish(endpoint, now, latency_s, ok, load_report)
+                                          load metric and outlier events
+
+Nothing here reads a clock, sleeps, or does I/O: the transport passes ``now``
+(``time.monotonic()``) and the outcome of each call. Randomness comes from
+the injected :class:`random.Random`.
+
+Threads: ``pick`` takes no lock; it reads one reference to the current
+vector and per-endpoint counters (see :mod:`.state` for why racy reads are
+acceptable). ``update``, ``on_start`` and ``on_finish`` mutate under one
+lock, held for a few attribute updates.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Collection
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from registry.membership import Snapshot
+from registry.records import State
+
+from ..errors import NoEndpointAvailable, Unavailable
+from .candidates import Candidates, Endpoint, View, WeightTable
+from .policies import Policy
+from .sampling import sample_distinct
+from .scatter import Shard, plan_shards
+from .selectors import Selector
+from .state import EndpointKey, EndpointState, LoadTotals, coerce_load
+from .weights import Weigher
+
+__all__ = ["Balancer", "BalancerStats", "EndpointStats"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointStats:
+    instance_id: str
+    address: str
+    published_weight: float
+    effective_weight: float   # 0 while ejected
+    ramp: float               # slow-start factor
+    health: float
+    in_flight: int
+    latency_ms: float         # peak EWMA; 0 before the first sample
+    queue_depth: float        # from the last load report
+    consecutive_failures: int
+    ejected_for_s: float      # 0 when not ejected
+    times_ejected: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class BalancerStats:
+    service: str
+    membership_version: int
+    policy: str
+    members: int
+    routable: int
+    ejected: int
+    in_flight: int
+    endpoints: tuple[EndpointStats, ...]
+
+
+class Balancer:
+    """Client-side balancing over one service's membership; see the module docstring."""
+
+    def __init__(self, policy: Policy | None = None, *, rng: random.Random | None = None,
+                 service: str = "") -> None:
+        self.policy = policy or Policy()
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._totals = LoadTotals()
+        self._selector = self.policy.make_selector(self._totals)
+        self._weigher = Weigher(slow_start=self.policy.slow_start, outlier=self.policy.outlier)
+        self._candidates = Candidates.empty(service)
+        self._epoch = 0           # membership or ejection changed: tables are out of date
+        self._soft_epoch = 0      # a health factor changed: tables refresh within refresh_s
+        self._met_members = False  # endpoints of the first membership are not ramped
+
+    @property
+    def candidates(self) -> Candidates:
+        """The current immutable vector (one reference, swapped by :meth:`update`)."""
+        return self._candidates
+
+    @property
+    def selector(self) -> Selector:
+        return self._selector
+
+    # -- membership ----------------------------------------------------------------
+
+    def update(self, snapshot: Snapshot, now: float) -> Candidates:
+        """Swap in the vector for ``snapshot``, carrying each surviving endpoint's state."""
+        with self._lock:
+            prev = self._candidates
+            was_routable = {ep.key for ep in prev.endpoints}
+            ramp = self._met_members
+            states: dict[EndpointKey, EndpointState] = {}
+            endpoints = []
+            for rec in snapshot.instances.values():
+                key = (rec.id, rec.endpoint)
+                st = prev.states.get(key)
+                if st is None:
+                    st = EndpointState(key, ramp_start=None, registration_ms=rec.registration_time_ms)
+                elif st.registration_ms != rec.registration_time_ms:
+                    st.registration_ms = rec.registration_time_ms
+                    if ramp and rec.state is State.WARMING:  # the process restarted: warm it again
+                        st.ramp_start = now
+                if ramp and rec.routable and key not in was_routable:
+                    st.ramp_start = now  # new to us, or back from draining
+                states[key] = st
+                if rec.routable:
+                    endpoints.append(Endpoint(rec.id, rec.endpoint, rec.weight, rec, st))
+            self._met_members = self._met_members or bool(snapshot.instances)
+            self._candidates = Candidates(snapshot.service, snapshot.version, tuple(endpoints),
+                                          tuple(snapshot.instances.values()), MappingProxyType(states))
+            self._epoch += 1
+            return self._candidates
+
+    # -- picking -------------------------------------------------------------------
+
+    def _table(self, model: str, version: int | None, now: float) -> tuple[View, WeightTable]:
+        view = self._candidates.view(model, version)
+        if view.why is not None:
+            raise NoEndpointAvailable(model, version, view.why, view.detail)
+        table = view.current(now, self._weigher, self._epoch, self._soft_epoch)
+        if not table.endpoints:
+            back = min(ep.state.ejected_until for ep in view.endpoints) - now
+            raise NoEndpointAvailable(model, version, Unavailable.ALL_EJECTED,
+                                      f"{table.ejected} ejected; the first returns in {back:.1f}s")
+        return view, table
+
+    def pick(self, model: str, version: int | None = None, *, key: object = None,
+             exclude: Collection[Endpoint] = frozenset(), now: float) -> Endpoint:
+        """One endpoint for a request; raises :class:`NoEndpointAvailable` saying why not.
+
+        ``key`` (str, bytes or int) is used by ``consistent_hash``; ``exclude``
+        holds endpoints already tried (retries); ``now`` is monotonic seconds.
+        """
+        view, table = self._table(model, version, now)
+        ep = self._selector.select(view, table, key=key, exclude=exclude, now=now, rng=self._rng)
+        if ep is None:
+            ejected = f", {table.ejected} ejected" if table.ejected else ""
+            raise NoEndpointAvailable(model, version, Unavailable.ALL_EXCLUDED,
+                                      f"{len(table.endpoints)} available{ejected}")
+        return ep
+
+    def scatter(self, model: str, version: int | None, n_items: int, *, max_shards: int | None = None,
+                exclude: Collection[Endpoint] = frozenset(), now: float) -> tuple[Shard, ...]:
+        """Split ``n_items`` across available endpoints in proportion to effective weight.
+
+        With ``max_shards``, that many endpoints are drawn in proportion to
+        weight first. Shards are contiguous and in order (see :mod:`.scatter`).
+        """
+        if max_shards is not None and max_shards < 1:
+            raise ValueError(f"max_shards: expected >= 1, got {max_shards}")
+        _, table = self._table(model, version, now)
+        k = len(table.endpoints) if max_shards is None else min(max_shards, len(table.endpoints))
+        chosen = sorted(sample_distinct(table, self._rng, k, exclude))
+        if not chosen:
+            raise NoEndpointAvailable(model, version, Unavailable.ALL_EXCLUDED,
+                                      f"{len(table.endpoints)} available")
+        return plan_shards(n_items, [table.endpoints[i] for i in chosen], [table.weights[i] for i in chosen])
+
+    # -- load events ---------------------------------------------------------------
+
+    def on_start(self, endpoint: Endpoint, now: float) -> None:
+        """A request was sent to ``endpoint`` (call once per attempt)."""
+        with self._lock:
+            endpoint.state.in_flight += 1
+            self._totals.in_flight += 1
+
+    def on_finish(self, endpoint: Endpoint, now: float, latency_s: float | None, ok: bool,
+                  load_report: object = None) -> None:
+        """An attempt on ``endpoint`` ended after ``latency_s``.
+
+        ``ok`` is False when the *endpoint* failed (UNAVAILABLE, DEADLINE_EXCEEDED,
+        RESOURCE_EXHAUSTED, INTERNAL, a broken connection); a caller's own error
+        (INVALID_ARGUMENT) is not the endpoint's fault: pass True. ``load_report``
+        is a :class:`~.state.ServerLoad`, an ORCA ``LoadReport`` or None.
+        """
+        report = coerce_load(load_report)
+        with self._lock:
+            st = endpoint.state
+            if st.in_flight > 0:
+                st.in_flight -= 1
+                self._totals.in_flight -= 1
+            # A failure only raises the estimate: a fast refusal must not make a broken pod look quick.
+            if (latency_s is not None and math.isfinite(latency_s) and latency_s >= 0.0
+                    and (ok or latency_s > st.latency_s)):
+                st.observe_latency(now, latency_s, self.policy.load.decay_s)
+            if report is not None:
+                st.report = report
+                st.report_at = now
+            was_ejected = st.ejected_until
+            if self.policy.outlier.record(st, ok, now, lambda: self._may_eject(now)):
+                if st.ejected_until != was_ejected:
+                    self._epoch += 1
+                else:
+                    self._soft_epoch += 1
+
+    def _may_eject(self, now: float) -> bool:
+        eps = self._candidates.endpoints
+        ejected = sum(1 for ep in eps if ep.state.is_ejected(now))
+        return ejected + 1 <= self.policy.outlier.max_ejected(len(eps))
+
+    # -- observability -------------------------------------------------------------
+
+    def stats(self, now: float) -> BalancerStats:
+        """Membership, effective weights, load and ejection, as of ``now``."""
+        cands = self._candidates
+        load, weigher = self.policy.load, self._weigher
+        rows = []
+        for ep in cands.endpoints:
+            st = ep.state
+            ejected = st.is_ejected(now)
+            rep = st.report
+            rows.append(EndpointStats(
+                instance_id=ep.instance_id, address=ep.address, published_weight=ep.weight,
+                effective_weight=0.0 if ejected else weigher.effective(ep.weight, st, now),
+                ramp=weigher.ramp(st, now), health=self.policy.outlier.health(st, now),
+                in_flight=st.in_flight, latency_ms=load.latency(st) * 1000.0,
+                queue_depth=rep.queue_depth if rep is not None else 0.0,
+                consecutive_failures=self.policy.outlier.failures(st, now),
+                ejected_for_s=max(0.0, st.ejected_until - now) if ejected else 0.0,
+                times_ejected=st.times_ejected))
+        return BalancerStats(
+            service=cands.service, membership_version=cands.version, policy=self.policy.name,
+            members=len(cands.records), routable=len(cands.endpoints),
+            ejected=sum(1 for r in rows if r.ejected_for_s > 0), in_flight=self._totals.in_flight,
+            endpoints=tuple(rows))
+
+    def __repr__(self) -> str:
+        c = self._candidates
+        return (f"<Balancer {self.policy.name} {c.service} v{c.version}: {len(c.endpoints)} routable, "
+                f"{self._totals.in_flight} in flight>")

@@ -1,0 +1,201 @@
+"""The immutable candidate vector, its per-model views and their weight tables.
+
+``Candidates`` is built once per membership snapshot and never changes; the
+balancer swaps one reference to it. For each ``(model, version)`` asked for
+it memoizes a :class:`View`: the routable endpoints hosting it, or why there
+are none. A view memoizes a :class:`WeightTable`: effective weights and their
+prefix sums over the endpoints not ejected, from which a pick samples in
+O(log n) with :func:`bisect.bisect_right`.
+
+A table is valid for one *epoch* (bumped by the balancer on a membership
+change or an ejection) and until ``valid_until`` (the next slow-start step
+or the end of the earliest ejection). Health changes (a failure, the success
+after one) bump a *soft epoch*, which rebuilds a table at most once per
+``refresh_s``: under a steady error rate every failure would otherwise cost
+an O(n) rebuild, and health is a gradual hint while ejection is immediate.
+A pick checks all three in O(1), so the O(n) work happens on events, not
+per request. Two threads may rebuild at once; both results are correct and
+the last one written stays.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Any
+
+from registry.records import InstanceRecord
+
+from ..errors import Unavailable
+from .state import EndpointKey, EndpointState
+from .weights import Weigher
+
+__all__ = ["Candidates", "Endpoint", "View", "WeightTable"]
+
+MAX_VIEWS = 4096  # memo cap per vector: keeps a caller cycling through bogus versions from growing it
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One routable instance as of one snapshot. Equal (and hashed) by ``(instance_id, address)``,
+    so an endpoint from an older vector still matches in ``exclude``."""
+
+    instance_id: str
+    address: str
+    weight: float = field(compare=False)
+    record: InstanceRecord = field(compare=False, repr=False)
+    state: EndpointState = field(compare=False, repr=False)
+
+    @property
+    def key(self) -> EndpointKey:
+        return (self.instance_id, self.address)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WeightTable:
+    """Effective weights of a view's available endpoints at one moment."""
+
+    endpoints: tuple[Endpoint, ...]   # not ejected, in view order
+    weights: tuple[float, ...]        # effective, aligned with endpoints
+    prefix: tuple[float, ...]         # running sums of weights
+    view_weights: tuple[float, ...]   # aligned with the view's endpoints; 0 where ejected
+    total: float
+    unit: float                       # 1 / mean effective weight
+    ejected: int
+    epoch: int
+    soft_epoch: int
+    built_at: float
+    valid_until: float
+    cache: dict[Any, Any] = field(default_factory=dict)  # per-selector memo (e.g. a WRR cycle)
+
+    def index_at(self, u: float) -> int:
+        """The endpoint whose weight segment holds ``u * total`` (``u`` in [0, 1))."""
+        i = bisect_right(self.prefix, u * self.total)
+        return i if i < len(self.prefix) else len(self.prefix) - 1
+
+
+def build_table(endpoints: tuple[Endpoint, ...], now: float, weigher: Weigher,
+                epoch: int = 0, soft_epoch: int = 0) -> WeightTable:
+    avail: list[Endpoint] = []
+    weights: list[float] = []
+    view_weights: list[float] = []
+    ejected = 0
+    valid_until = math.inf
+    refresh = weigher.slow_start.refresh_s
+    for ep in endpoints:
+        st = ep.state
+        if st.is_ejected(now):
+            ejected += 1
+            view_weights.append(0.0)
+            valid_until = min(valid_until, st.ejected_until)
+            continue
+        if weigher.ramping(st, now):
+            valid_until = min(valid_until, now + refresh)
+        w = weigher.effective(ep.weight, st, now)
+        avail.append(ep)
+        weights.append(w)
+        view_weights.append(w)
+    total = math.fsum(weights)
+    return WeightTable(
+        endpoints=tuple(avail), weights=tuple(weights), prefix=tuple(accumulate(weights)),
+        view_weights=tuple(view_weights), total=total,
+        unit=len(weights) / total if total > 0 else 1.0,
+        ejected=ejected, epoch=epoch, soft_epoch=soft_epoch, built_at=now, valid_until=valid_until,
+    )
+
+
+class View:
+    """The routable endpoints hosting one model (and version), or why there are none."""
+
+    __slots__ = ("model", "version", "endpoints", "why", "detail", "table", "cache")
+
+    def __init__(self, model: str, version: int | None, endpoints: tuple[Endpoint, ...],
+                 why: Unavailable | None, detail: str) -> None:
+        self.model = model
+        self.version = version
+        self.endpoints = endpoints
+        self.why = why
+        self.detail = detail
+        self.table: WeightTable | None = None
+        self.cache: dict[Any, Any] = {}  # per-selector memo that depends on membership only (a ring)
+
+    def current(self, now: float, weigher: Weigher, epoch: int, soft_epoch: int) -> WeightTable:
+        t = self.table
+        if (t is None or t.epoch != epoch or now >= t.valid_until
+                or (t.soft_epoch != soft_epoch and now >= t.built_at + weigher.slow_start.refresh_s)):
+            t = build_table(self.endpoints, now, weigher, epoch, soft_epoch)
+            self.table = t
+        return t
+
+    def __repr__(self) -> str:
+        ver = "" if self.version is None else f" v{self.version}"
+        return f"<View {self.model}{ver}: {len(self.endpoints)} endpoint(s)>"
+
+
+class Candidates:
+    """All members of one snapshot: routable endpoints, records, and the carried states."""
+
+    __slots__ = ("service", "version", "endpoints", "records", "states", "_views")
+
+    def __init__(self, service: str, version: int, endpoints: tuple[Endpoint, ...],
+                 records: tuple[InstanceRecord, ...], states: Mapping[EndpointKey, EndpointState]) -> None:
+        self.service = service
+        self.version = version
+        self.endpoints = endpoints  # routable, in snapshot (id) order
+        self.records = records      # every member, routable or not (for diagnostics)
+        self.states = states        # every member's state, carried into the next vector
+        self._views: dict[tuple[str, int | None], View] = {}
+
+    @classmethod
+    def empty(cls, service: str = "") -> Candidates:
+        return cls(service, -1, (), (), {})
+
+    def view(self, model: str, version: int | None = None) -> View:
+        v = self._views.get((model, version))
+        if v is None:
+            v = self._make_view(model, version)
+            if len(self._views) < MAX_VIEWS:
+                v = self._views.setdefault((model, version), v)
+        return v
+
+    def _make_view(self, model: str, version: int | None) -> View:
+        eps = tuple(ep for ep in self.endpoints if ep.record.hosts_model(model, version))
+        if eps:
+            return View(model, version, eps, None, "")
+        if not self.records:
+            return View(model, version, (), Unavailable.NO_INSTANCES, f"membership version {self.version}")
+        hosting = [r for r in self.records if r.hosts_model(model, version)]
+        if not hosting:
+            return View(model, version, (), Unavailable.NOT_HOSTED, _hosted_summary(self.records))
+        states = ", ".join(f"{r.id} {_not_routable_why(r)}" for r in hosting[:5])
+        more = f" (+{len(hosting) - 5})" if len(hosting) > 5 else ""
+        return View(model, version, (), Unavailable.ALL_DRAINING, states + more)
+
+    def __len__(self) -> int:
+        return len(self.endpoints)
+
+    def __repr__(self) -> str:
+        return (f"<Candidates {self.service} v{self.version}: {len(self.endpoints)} routable "
+                f"of {len(self.records)}, {len(self._views)} view(s)>")
+
+
+def _not_routable_why(r: InstanceRecord) -> str:
+    if not r.enabled:
+        return "disabled"
+    if r.weight <= 0:
+        return "weight 0"
+    return r.state.value.lower()
+
+
+def _hosted_summary(records: Iterable[InstanceRecord]) -> str:
+    hosted: dict[str, set[int]] = {}
+    for r in records:
+        for name, versions in r.models.items():
+            hosted.setdefault(name, set()).update(versions)
+    if not hosted:
+        return "the instances host no models"
+    shown = ", ".join(f"{m} {sorted(vs)}" for m, vs in sorted(hosted.items())[:8])
+    return f"hosted: {shown}"

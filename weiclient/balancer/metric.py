@@ -1,0 +1,83 @@
+"""The load metric: what one pick costs on an endpoint (peak EWMA x pending work / capacity).
+
+::
+
+    cost = (pending / weight + unit) x latency
+    pending = client in-flight + server queue depth (in requests, fresh reports only)
+    unit    = 1 / mean effective weight of the candidates
+
+This is the issue's ``(in-flight + queue + 1) x latency / weight`` with the
+``+ 1`` counted in units of the *average* endpoint rather than of each
+endpoint's own weight. Candidates are already sampled in proportion to
+weight; dividing the ``+ 1`` by the endpoint's own weight too would count the
+weight twice and send every idle comparison to the heavier pod, so an idle
+cluster would not be split by weight. With this form an idle cluster of equal
+latencies ties everywhere and the weighted sample decides; under load the
+``pending / weight`` term compares load per unit of capacity, and the
+``unit`` term keeps latency in the comparison when both are idle.
+
+Latency is the peak EWMA kept by :class:`~.state.EndpointState`; an endpoint
+with no sample yet borrows the server's reported latency, and with neither it
+costs 0 while idle (so a new endpoint is probed at once, slow start bounding
+how often) and ``penalty_s`` once something is outstanding (Finagle's rule:
+do not pile onto an endpoint that has never answered).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import _check
+from .state import EndpointState
+
+__all__ = ["PeakEwma"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeakEwma:
+    """Knobs of the load metric.
+
+    ``decay_s`` (10 s, Finagle's default): the time constant with which a
+    latency peak is forgotten; long enough that one slow GC pause keeps a pod
+    out of favour for a few seconds, short enough to come back within ~30 s.
+    ``report_ttl_s`` (2 s): a server's queue depth older than this is ignored;
+    reports arrive with every response, so only an endpoint we stopped
+    talking to has an old one, and its old queue has long drained.
+    ``queue_rows_per_request`` (1000): servers report queued *rows*; a ranking
+    call carries 1,000-2,000 items, so 1,000 rows count as one pending request.
+    ``penalty_s`` (1 s): latency assumed for an endpoint that has requests
+    outstanding but has never answered.
+    """
+
+    decay_s: float = 10.0
+    report_ttl_s: float = 2.0
+    queue_rows_per_request: float = 1000.0
+    penalty_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check.number("load.decay_s", self.decay_s, low=0.0, low_open=True)
+        _check.number("load.report_ttl_s", self.report_ttl_s, low=0.0)
+        _check.number("load.queue_rows_per_request", self.queue_rows_per_request, low=0.0, low_open=True)
+        _check.number("load.penalty_s", self.penalty_s, low=0.0, low_open=True)
+
+    def pending(self, st: EndpointState, now: float) -> float:
+        """Requests ahead of ours: our own in-flight plus the server's fresh queue."""
+        rep = st.report
+        if rep is None or now - st.report_at > self.report_ttl_s:
+            return float(st.in_flight)
+        return st.in_flight + rep.queue_depth / self.queue_rows_per_request
+
+    def latency(self, st: EndpointState) -> float:
+        if st.latency_s > 0.0:
+            return st.latency_s
+        rep = st.report
+        return rep.ewma_latency_s if rep is not None else 0.0
+
+    def cost(self, st: EndpointState, weight: float, unit: float, now: float) -> float:
+        pending = self.pending(st, now)
+        latency = self.latency(st)
+        if latency == 0.0:
+            if pending == 0.0:
+                return 0.0
+            latency = self.penalty_s
+        return (pending / weight + unit) * latency
