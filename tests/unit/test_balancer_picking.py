@@ -175,3 +175,30 @@ def test_round_robin_keeps_each_model_exact_when_picks_interleave():
     for seq in seqs.values():
         for c in range(0, 400, 8):
             assert Counter(seq[c: c + 8]) == {"p0": 1, "p1": 2, "p2": 5}
+
+
+def _run_with_latencies(b: Balancer, base_ms: dict[str, float], n: int, seed: int = 7) -> dict[str, float]:
+    """Sequential calls (nothing in flight) whose latencies jitter by +/-10 % around ``base_ms``."""
+    noise = random.Random(seed)
+    counts: Counter = Counter()
+    for i in range(n):
+        now = 1.0 + i * 0.001
+        ep = b.pick("ctr", now=now)
+        b.on_start(ep, now)
+        b.on_finish(ep, now, base_ms[ep.instance_id] / 1000 * noise.uniform(0.9, 1.1), True)
+        counts[ep.instance_id] += 1
+    return shares(counts, n)
+
+
+def test_p2c_latency_noise_does_not_override_weights():
+    # Two endpoints: both are drawn every time, so only the first (weighted) draw
+    # and the tolerance keep the 1:3 split when latencies differ by noise alone.
+    b = balancer("weighted_p2c", rec(0, 1.0), rec(1, 3.0))
+    got = _run_with_latencies(b, {"p0": 1.0, "p1": 1.15}, 20_000)
+    assert got["p1"] == pytest.approx(0.75, abs=0.03)
+
+
+def test_p2c_still_avoids_a_clearly_slower_endpoint():
+    b = balancer("weighted_p2c", rec(0, 1.0), rec(1, 1.0))
+    got = _run_with_latencies(b, {"p0": 1.0, "p1": 3.0}, 20_000)
+    assert got["p0"] > 0.9

@@ -88,6 +88,20 @@ class Balancer:
         self._soft_epoch = 0      # a health factor changed: tables refresh within refresh_s
         self._met_members = False  # endpoints of the first membership are not ramped
 
+    def with_policy(self, policy: Policy) -> Balancer:
+        """A balancer with another policy over the same membership and load state.
+
+        A service config may switch policy at run time: each endpoint's
+        in-flight count, latency estimate, ejection and ramp carry over.
+        """
+        nxt = Balancer(policy, rng=self._rng, service=self._candidates.service)
+        with self._lock:
+            nxt._candidates = self._candidates
+            nxt._met_members = self._met_members
+            nxt._totals.in_flight = self._totals.in_flight
+        nxt._epoch = self._epoch + 1
+        return nxt
+
     @property
     def candidates(self) -> Candidates:
         """The current immutable vector (one reference, swapped by :meth:`update`)."""

@@ -47,9 +47,16 @@ class P2CConfig:
     little while herding more clients onto the same least-loaded pods."""
 
     choices: int = 2
+    # ``tolerance`` (0.25): another draw replaces the first only when its cost is
+    # lower by more than this share. The first draw is proportional to weight;
+    # latency noise between equally loaded pods (tens of percent on a busy host)
+    # must not override the published weights, while a queue or a slow pod
+    # changes the cost by far more than 25 %.
+    tolerance: float = 0.25
 
     def __post_init__(self) -> None:
         _check.integer("choices", self.choices, low=2, high=8)
+        _check.number("tolerance", self.tolerance, low=0.0, high=0.9)
 
 
 class PowerOfChoices:
@@ -68,12 +75,13 @@ class PowerOfChoices:
             unit = table.unit
             ci = cost(eps[i].state, table.weights[i], unit, now)
             cj = cost(eps[j].state, table.weights[j], unit, now)
-            return eps[j] if cj < ci else eps[i]
+            return eps[j] if cj < ci * (1.0 - self.config.tolerance) else eps[i]
         drawn = sample_distinct(table, rng, self.config.choices, exclude)
         if not drawn:
             return None
-        best = min(drawn, key=lambda i: self.metric.cost(eps[i].state, table.weights[i], table.unit, now))
-        return eps[best]  # min() keeps the first of equal costs: the first draw wins ties
+        costs = [self.metric.cost(eps[i].state, table.weights[i], table.unit, now) for i in drawn]
+        best = min(range(len(drawn)), key=costs.__getitem__)  # min() keeps the first of equal costs
+        return eps[drawn[best] if costs[best] < costs[0] * (1.0 - self.config.tolerance) else drawn[0]]
 
     def __repr__(self) -> str:
         return f"PowerOfChoices(choices={self.config.choices}, metric={self.metric!r})"
