@@ -202,3 +202,22 @@ def test_p2c_still_avoids_a_clearly_slower_endpoint():
     b = balancer("weighted_p2c", rec(0, 1.0), rec(1, 1.0))
     got = _run_with_latencies(b, {"p0": 1.0, "p1": 3.0}, 20_000)
     assert got["p0"] > 0.9
+
+
+def test_p2c_a_latency_spike_does_not_starve_an_endpoint():
+    """One slow call must not cost an endpoint its traffic for good: the estimate
+    decays while it gets no samples (Finagle's decay on read), so it is tried again."""
+    b = balancer("weighted_p2c", rec(0, 1.0), rec(1, 1.0))
+    spike_at = 1.0
+    ep0 = next(ep for ep in b.candidates.endpoints if ep.instance_id == "p0")
+    b.on_start(ep0, spike_at)
+    b.on_finish(ep0, spike_at, 0.050, True)  # one 50 ms outlier; normal calls take 1 ms
+    counts: Counter = Counter()
+    for i in range(20_000):  # 20 s of calls, 1 ms apart
+        now = spike_at + 0.001 * (i + 1)
+        ep = b.pick("ctr", now=now)
+        b.on_start(ep, now)
+        b.on_finish(ep, now, 0.001, True)
+        if now > spike_at + 10.0:
+            counts[ep.instance_id] += 1
+    assert counts["p0"] / sum(counts.values()) > 0.35

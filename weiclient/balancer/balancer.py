@@ -243,7 +243,7 @@ class Balancer:
                 instance_id=ep.instance_id, address=ep.address, published_weight=ep.weight,
                 effective_weight=0.0 if ejected else weigher.effective(ep.weight, st, now),
                 ramp=weigher.ramp(st, now), health=self.policy.outlier.health(st, now),
-                in_flight=st.in_flight, latency_ms=load.latency(st) * 1000.0,
+                in_flight=st.in_flight, latency_ms=load.latency(st, now) * 1000.0,
                 queue_depth=rep.queue_depth if rep is not None else 0.0,
                 consecutive_failures=self.policy.outlier.failures(st, now),
                 ejected_for_s=max(0.0, st.ejected_until - now) if ejected else 0.0,

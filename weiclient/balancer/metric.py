@@ -25,6 +25,7 @@ do not pile onto an endpoint that has never answered).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from . import _check
@@ -37,9 +38,15 @@ __all__ = ["PeakEwma"]
 class PeakEwma:
     """Knobs of the load metric.
 
-    ``decay_s`` (10 s, Finagle's default): the time constant with which a
-    latency peak is forgotten; long enough that one slow GC pause keeps a pod
-    out of favour for a few seconds, short enough to come back within ~30 s.
+    ``decay_s`` (2 s): the time constant with which a latency peak is
+    forgotten, both as samples arrive and while none does (the estimate
+    decays on read, as Finagle's ``PeakEwma.get`` does, so an endpoint that
+    lost every comparison becomes cheap again and is probed: no starvation).
+    Finagle uses 10 s; our pods also report queue depth with every response,
+    the faster load signal, so latency only needs to catch persistently slow
+    pods, and a single GC pause on a busy host should not cost a pod its
+    traffic for tens of seconds (with two endpoints, 10 s starved one for ~8 s
+    after one 8 ms spike in our tests).
     ``report_ttl_s`` (2 s): a server's queue depth older than this is ignored;
     reports arrive with every response, so only an endpoint we stopped
     talking to has an old one, and its old queue has long drained.
@@ -49,7 +56,7 @@ class PeakEwma:
     outstanding but has never answered.
     """
 
-    decay_s: float = 10.0
+    decay_s: float = 2.0
     report_ttl_s: float = 2.0
     queue_rows_per_request: float = 1000.0
     penalty_s: float = 1.0
@@ -67,15 +74,18 @@ class PeakEwma:
             return float(st.in_flight)
         return st.in_flight + rep.queue_depth / self.queue_rows_per_request
 
-    def latency(self, st: EndpointState) -> float:
+    def latency(self, st: EndpointState, now: float | None = None) -> float:
+        """The estimate, decayed by the time since its last sample when ``now`` is given."""
         if st.latency_s > 0.0:
-            return st.latency_s
+            if now is None or now <= st.latency_at:
+                return st.latency_s
+            return st.latency_s * math.exp(-(now - st.latency_at) / self.decay_s)
         rep = st.report
         return rep.ewma_latency_s if rep is not None else 0.0
 
     def cost(self, st: EndpointState, weight: float, unit: float, now: float) -> float:
         pending = self.pending(st, now)
-        latency = self.latency(st)
+        latency = self.latency(st, now)
         if latency == 0.0:
             if pending == 0.0:
                 return 0.0

@@ -1,0 +1,145 @@
+"""WeiClient configuration: frozen keyword-only dataclasses whose defaults work.
+
+    WeiClient("zk1:2181", "ctr", config=ClientConfig(timeout_s=0.2,
+              retry=RetryConfig(max_attempts=2), hedging=HedgingConfig(enabled=True)))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from registry.membership import Protection
+
+from .balancer import RetryBudgetConfig
+from .errors import InvalidBalancerConfig
+
+__all__ = ["ChannelConfig", "ClientConfig", "HedgingConfig", "RetryConfig", "ScatterConfig"]
+
+
+def _positive(owner: str, **values: float) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            raise InvalidBalancerConfig(f"{owner}.{name}", "a finite number > 0", v)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryConfig:
+    """``max_attempts`` (3): the first try plus two retries, each on another
+    instance; more rarely helps when two pods in a row failed, and costs the
+    cluster. ``backoff_s`` (2 ms, doubling, capped at 50 ms, jittered): a retry
+    goes elsewhere, so it need not wait for the failed pod; the short pause
+    only breaks lock-step storms. The budget caps retries at 20 % of
+    requests plus 10 per second (Finagle's RetryBudget)."""
+
+    max_attempts: int = 3
+    backoff_s: float = 0.002
+    max_backoff_s: float = 0.05
+    budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or not (
+                1 <= self.max_attempts <= 10):
+            raise InvalidBalancerConfig("retry.max_attempts", "an integer in 1..10", self.max_attempts)
+        _positive("retry", backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HedgingConfig:
+    """Off by default: a hedge doubles work on the slow tail. When on, a
+    backup request goes to another instance once the first has taken longer
+    than the ``percentile`` of recent latencies (at least ``min_delay_s``),
+    within ``budget_ratio`` (5 %) of requests; the loser is cancelled."""
+
+    enabled: bool = False
+    percentile: float = 0.95
+    min_delay_s: float = 0.002
+    budget_ratio: float = 0.05
+    window: int = 1024
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.percentile < 1.0:
+            raise InvalidBalancerConfig("hedging.percentile", "a quantile in [0.5, 1)", self.percentile)
+        _positive("hedging", min_delay_s=self.min_delay_s, budget_ratio=self.budget_ratio)
+        if self.window < 16:
+            raise InvalidBalancerConfig("hedging.window", "an integer >= 16", self.window)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScatterConfig:
+    """``auto_rows`` (4,096): above this many rows a call is split across
+    instances without asking (a 1,000-2,000 candidate call normally is not:
+    one pod's batcher handles it well; pass ``split=True`` to force it).
+    ``min_shard_rows`` (256): smaller shards cost more in per-call overhead
+    than they save. ``max_shards`` (8): bounds the fan-out of one call."""
+
+    auto_rows: int = 4096
+    min_shard_rows: int = 256
+    max_shards: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("auto_rows", "min_shard_rows", "max_shards"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidBalancerConfig(f"scatter.{name}", "an integer >= 1", v)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelConfig:
+    """``close_grace_s`` (30 s): a channel to an instance that left the
+    membership stays open this long, so in-flight calls finish and a pod
+    that comes straight back reuses it. Keepalive pings every 30 s keep idle
+    channels warm through NATs and detect dead peers."""
+
+    close_grace_s: float = 30.0
+    max_message_bytes: int = 64 * 1024 * 1024
+    keepalive_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _positive("channel", close_grace_s=self.close_grace_s, max_message_bytes=self.max_message_bytes,
+                  keepalive_s=self.keepalive_s)
+
+    def options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.keepalive_time_ms", int(self.keepalive_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.enable_retries", 0),  # retries are ours: to another instance, under a budget
+        ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    """Everything :class:`~weiclient.client.WeiClient` can be told.
+
+    ``timeout_s`` (1 s): the default deadline for a whole call, retries
+    included. ``balancer``: a policy name overriding the service config's
+    (None: follow the service config, default ``weighted_p2c``).
+    ``snapshot_file``: where the membership is saved, so a client that starts
+    while ZooKeeper is down can still route. ``start_timeout_s``: how long the
+    constructor waits for a first membership.
+    """
+
+    root: str = "/weiserving"
+    zk_session_timeout_s: float = 10.0
+    zk_auth: str | None = None
+    timeout_s: float = 1.0
+    start_timeout_s: float = 10.0
+    balancer: str | None = None
+    balancer_knobs: dict[str, object] = field(default_factory=dict)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    hedging: HedgingConfig = field(default_factory=HedgingConfig)
+    scatter: ScatterConfig = field(default_factory=ScatterConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    protection: Protection = field(default_factory=Protection)
+    snapshot_file: Path | None = None
+    scatter_threads: int = 16
+    metrics: bool = True
+
+    def __post_init__(self) -> None:
+        _positive("client", timeout_s=self.timeout_s, start_timeout_s=self.start_timeout_s,
+                  zk_session_timeout_s=self.zk_session_timeout_s)
+        if self.scatter_threads < 1:
+            raise InvalidBalancerConfig("client.scatter_threads", "an integer >= 1", self.scatter_threads)
