@@ -76,7 +76,7 @@ class _Retryable(_Failed):
 
 
 class LatencyWindow:
-    """Recent call latencies, for the hedge delay (percentile recomputed every 64 samples)."""
+    """Recent call latencies, for the hedge delay (percentile from 16 samples on, refreshed every 64)."""
 
     def __init__(self, size: int, quantile: float, floor_s: float) -> None:
         self._buf = np.zeros(size)
@@ -88,7 +88,7 @@ class LatencyWindow:
     def add(self, latency_s: float) -> None:
         self._buf[self._n % len(self._buf)] = latency_s
         self._n += 1
-        if self._n % 64 == 0:
+        if self._n % (16 if self._n <= 64 else 64) == 0:
             self._value = float(np.quantile(self._buf[: min(self._n, len(self._buf))], self._q))
 
     @property

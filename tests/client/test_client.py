@@ -227,3 +227,30 @@ def test_closed_client_refuses_calls(cluster, client_for):
     client.close()
     with pytest.raises(ClientClosed):
         client.predict("ctr", {"x": x(1)})
+
+
+def test_hedging_answers_from_the_fast_instance_and_cancels_the_loser(cluster, client_for):
+    import random
+
+    from weiclient.config import HedgingConfig
+
+    cluster.add(weight=9.0)
+    cluster.add(weight=1.0, delay_s=0.1)
+    client = client_for(balancer="random", hedging=HedgingConfig(enabled=True, percentile=0.5, budget_ratio=0.5),
+                        timeout_s=2.0)
+    client._rng.seed(1)
+    client._balancer._rng.seed(1)
+    wait_members(client, 2)
+    who(client, 64)  # latency samples for the hedge delay
+    assert client._transport.latency.delay is not None
+    hedges_before = _hedges("backup_won")
+    answered = who(client, 100)
+    assert answered[1] == 0, answered  # every call that went to the slow pod was won by the hedge
+    assert _hedges("backup_won") > hedges_before
+    eps = {e.instance_id: e for e in client.stats().balancer.endpoints}
+    assert eps["pod-1"].in_flight == 0 and eps["pod-0"].in_flight == 0
+
+
+def _hedges(outcome: str) -> float:
+    return sum(s.value for m in REGISTRY.collect() if m.name == "weiclient_hedges" for s in m.samples
+               if s.labels.get("outcome") == outcome and s.name.endswith("_total"))
