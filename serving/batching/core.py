@@ -1,0 +1,215 @@
+"""The dynamic batcher's core: no threads, no clock, no I/O.
+
+Events in, decisions out. The shell calls :meth:`BatcherCore.submit` when a
+request arrives, :meth:`BatcherCore.poll` when a batch thread is free (it
+answers with the batch to run now, the requests whose deadline passed while
+they waited, and when to poll again), and :meth:`BatcherCore.complete` when a
+batch finishes. The current time is always an argument.
+
+Rules (TF Serving's ``BasicBatchScheduler`` semantics, batches closed at
+dispatch time):
+
+- A free thread takes a batch when the queued rows fill the batch limit, or
+  the oldest queued request has waited ``batch_timeout_micros``.
+- A request is cut into slices across batches when it does not fit the room
+  left, so a request larger than ``max_batch_size`` is split and reassembled
+  (:meth:`complete` reports a request only when all its rows are done).
+- The queue holds at most ``max_enqueued_batches * max_batch_size`` rows; a
+  request that does not fit is refused at once (:class:`Overloaded`).
+- A request whose deadline has passed is removed before it is batched and
+  reported as expired; its rows never reach the model. If part of it already
+  ran, the rest is dropped and the request is reported expired.
+- With ``allowed_batch_sizes`` a batch is padded up to the next allowed size.
+- In SLO mode the batch limit comes from an AIMD controller fed by each
+  completed batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.batching.slo import AimdController
+from serving.config import BatchingConfig
+from serving.errors import Overloaded
+
+
+@dataclass(eq=False, kw_only=True)
+class Ticket:
+    """One request in the batcher; ``payload`` belongs to the shell."""
+
+    id: int
+    rows: int
+    arrival: float
+    deadline: float | None
+    payload: Any = None
+    taken: int = 0          # rows already placed into batches
+    done: int = 0           # rows whose batch completed
+    expired: bool = False
+
+    def __repr__(self) -> str:
+        return (f"Ticket(id={self.id}, rows={self.rows}, taken={self.taken}, done={self.done}, "
+                f"expired={self.expired})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Slice:
+    ticket: Ticket
+    start: int
+    stop: int
+    offset: int              # where these rows sit inside the batch
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True, kw_only=True)
+class Batch:
+    id: int
+    slices: tuple[Slice, ...]
+    rows: int
+    padded_rows: int
+    limit: int               # the batch size limit in force when it was formed
+    formed_at: float
+    queue_delay: float       # how long its oldest request waited
+
+    @property
+    def fill(self) -> float:
+        return self.rows / self.limit
+
+
+@dataclass(frozen=True, kw_only=True)
+class Poll:
+    batch: Batch | None = None
+    expired: tuple[Ticket, ...] = ()
+    wake_at: float | None = None    # None: nothing to wait for until the next submit
+
+
+@dataclass(kw_only=True)
+class BatcherCore:
+    config: BatchingConfig
+    _queue: deque[Ticket] = field(default_factory=deque)
+    _queued_rows: int = 0
+    _ids: Any = field(default_factory=itertools.count)
+    _batch_ids: Any = field(default_factory=itertools.count)
+    slo: AimdController | None = None
+
+    def __post_init__(self) -> None:
+        c = self.config
+        if c.slo_p99_ms is not None and self.slo is None:
+            self.slo = AimdController(target_s=c.slo_p99_ms / 1000, max_size=c.max_batch_size,
+                                      step=c.slo_additive_step, factor=c.slo_decrease_factor)
+
+    def __repr__(self) -> str:
+        return (f"BatcherCore(queued_requests={len(self._queue)}, queued_rows="
+                f"{self._queued_rows}, limit={self.batch_limit})")
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def queued_requests(self) -> int:
+        return len(self._queue)
+
+    @property
+    def batch_limit(self) -> int:
+        return self.slo.size if self.slo is not None else self.config.max_batch_size
+
+    def submit(self, rows: int, now: float, deadline: float | None = None,
+               payload: Any = None) -> Ticket:
+        """Queue a request of ``rows`` rows, or raise Overloaded if it does not fit."""
+        if rows <= 0:
+            raise ValueError("a request needs at least one row")
+        cap = self.config.max_queued_rows
+        if self._queued_rows + rows > cap:
+            raise Overloaded(
+                f"batch queue full: {self._queued_rows} rows queued + {rows} requested > "
+                f"{cap} (max_enqueued_batches x max_batch_size); retry on another endpoint")
+        ticket = Ticket(id=next(self._ids), rows=rows, arrival=now, deadline=deadline,
+                        payload=payload)
+        self._queue.append(ticket)
+        self._queued_rows += rows
+        return ticket
+
+    def _drop_expired(self, now: float) -> tuple[Ticket, ...]:
+        expired = [t for t in self._queue if t.deadline is not None and t.deadline <= now]
+        if not expired:
+            return ()
+        for t in expired:
+            t.expired = True
+            self._queued_rows -= t.rows - t.taken
+        self._queue = deque(t for t in self._queue if not t.expired)
+        return tuple(expired)
+
+    def _wake_at(self) -> float | None:
+        if not self._queue:
+            return None
+        times = [self._queue[0].arrival + self.config.batch_timeout_s]
+        times += [t.deadline for t in self._queue if t.deadline is not None]
+        return min(times)
+
+    def poll(self, now: float) -> Poll:
+        """Called by a free batch thread: what to run now, what expired, when to look again."""
+        expired = self._drop_expired(now)
+        limit = self.batch_limit
+        ready = self._queue and (self._queued_rows >= limit or
+                                 now - self._queue[0].arrival >= self.config.batch_timeout_s)
+        if not ready:
+            return Poll(expired=expired, wake_at=self._wake_at())
+        return Poll(batch=self._form(now, limit), expired=expired, wake_at=self._wake_at())
+
+    def _form(self, now: float, limit: int) -> Batch:
+        slices: list[Slice] = []
+        rows = 0
+        oldest = self._queue[0].arrival
+        while self._queue and rows < limit:
+            t = self._queue[0]
+            n = min(t.rows - t.taken, limit - rows)
+            slices.append(Slice(ticket=t, start=t.taken, stop=t.taken + n, offset=rows))
+            t.taken += n
+            rows += n
+            if t.taken == t.rows:
+                self._queue.popleft()
+        self._queued_rows -= rows
+        return Batch(id=next(self._batch_ids), slices=tuple(slices), rows=rows,
+                     padded_rows=self._padded(rows), limit=limit, formed_at=now,
+                     queue_delay=now - oldest)
+
+    def _padded(self, rows: int) -> int:
+        for size in self.config.allowed_batch_sizes:
+            if size >= rows:
+                return size
+        return rows
+
+    def complete(self, batch: Batch, now: float) -> tuple[Ticket, ...]:
+        """A batch finished: the requests now fully answered (expired ones excluded)."""
+        finished = []
+        for s in batch.slices:
+            s.ticket.done += s.rows
+            if s.ticket.done == s.ticket.rows and not s.ticket.expired:
+                finished.append(s.ticket)
+        if self.slo is not None:
+            self.slo.observe(rows=batch.rows, latency_s=now - batch.formed_at)
+        return tuple(finished)
+
+    def fail(self, batch: Batch) -> tuple[Ticket, ...]:
+        """A batch failed: its requests (not yet expired) fail; their queued rows are dropped."""
+        failed = {s.ticket for s in batch.slices if not s.ticket.expired}
+        for t in failed:
+            t.expired = True
+            self._queued_rows -= t.rows - t.taken
+        self._queue = deque(t for t in self._queue if t not in failed)
+        return tuple(sorted(failed, key=lambda t: t.id))
+
+    def drain_all(self) -> tuple[Ticket, ...]:
+        """Remove every queued request (shutdown); the caller fails them."""
+        out = tuple(self._queue)
+        for t in out:
+            t.expired = True
+        self._queue.clear()
+        self._queued_rows = 0
+        return out

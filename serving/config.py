@@ -1,0 +1,211 @@
+"""Configuration: frozen keyword-only dataclasses, validated on construction.
+
+Batching knobs carry TensorFlow Serving's names and defaults
+(``BasicBatchScheduler::Options``): ``max_batch_size=1000``,
+``batch_timeout_micros=0`` (form a batch as soon as a batch thread is free;
+batches grow naturally while threads are busy), ``max_enqueued_batches=10``,
+``num_batch_threads`` = number of CPUs, ``allowed_batch_sizes`` empty (no
+padding). A config file (TOML) sets server options, batching defaults and
+per-model overrides::
+
+    [server]                      # any ServerConfig field except models_dir
+    port = 8500
+    [batching]                    # defaults for every model
+    max_batch_size = 256
+    batch_timeout_micros = 1000
+    [models.ctr]
+    version_policy = "latest:2"   # or "all", or "specific:1,3"
+    platform = "tensorflow"       # or "python", "pytorch", "auto" (default)
+    [models.ctr.batching]
+    slo_p99_ms = 20.0             # SLO mode: size batches online for this p99
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from serving.errors import ConfigError
+
+PLATFORMS = ("auto", "tensorflow", "python", "pytorch")
+
+
+def _positive(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{type(obj).__name__}.{name} must be > 0, got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchingConfig:
+    """Dynamic batching for one model (TF Serving names; SLO mode after Clipper's AIMD)."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    allowed_batch_sizes: tuple[int, ...] = ()
+    enabled: bool = True
+    # SLO mode: with a target p99 (ms) the batch size limit moves online: +step
+    # rows after a full batch processed within the target, x decrease after
+    # one that took longer (Clipper's AIMD; see serving.batching.slo).
+    slo_p99_ms: float | None = None
+    slo_additive_step: int = 4
+    slo_decrease_factor: float = 0.9
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_batch_sizes", tuple(self.allowed_batch_sizes))
+        _positive(self, "max_batch_size", "max_enqueued_batches", "num_batch_threads",
+                  "slo_p99_ms", "slo_additive_step")
+        if self.batch_timeout_micros < 0:
+            raise ConfigError("BatchingConfig.batch_timeout_micros must be >= 0")
+        sizes = self.allowed_batch_sizes
+        if sizes:
+            if list(sizes) != sorted(set(sizes)) or sizes[0] <= 0:
+                raise ConfigError(f"allowed_batch_sizes must be increasing and > 0: {sizes}")
+            if sizes[-1] != self.max_batch_size:
+                raise ConfigError(f"the last allowed_batch_sizes entry ({sizes[-1]}) must equal "
+                                  f"max_batch_size ({self.max_batch_size}), as in TF Serving")
+        if not 0 < self.slo_decrease_factor < 1:
+            raise ConfigError("BatchingConfig.slo_decrease_factor must be in (0, 1)")
+
+    @property
+    def batch_timeout_s(self) -> float:
+        return self.batch_timeout_micros / 1e6
+
+    @property
+    def max_queued_rows(self) -> int:
+        return self.max_enqueued_batches * self.max_batch_size
+
+
+@dataclass(frozen=True, kw_only=True)
+class VersionPolicy:
+    """Which versions of a model to serve: the latest N, all, or specific ones."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    latest: int = 1
+    versions: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("latest", "all", "specific"):
+            raise ConfigError(f"version policy must be latest, all or specific: {self.kind!r}")
+        if self.kind == "latest" and self.latest < 1:
+            raise ConfigError("version policy latest:N needs N >= 1")
+        if self.kind == "specific" and not self.versions:
+            raise ConfigError("version policy specific needs at least one version")
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        """``latest``, ``latest:N``, ``all`` or ``specific:1,3``."""
+        kind, _, arg = text.strip().partition(":")
+        try:
+            if kind == "latest":
+                return cls(kind="latest", latest=int(arg) if arg else 1)
+            if kind == "specific":
+                return cls(kind="specific", versions=tuple(int(v) for v in arg.split(",")))
+        except ValueError:
+            raise ConfigError(f"bad version policy {text!r}: expected latest:N or "
+                              f"specific:1,2") from None
+        if kind == "all" and not arg:
+            return cls(kind="all")
+        raise ConfigError(f"bad version policy {text!r}: expected latest[:N], all, specific:V,..")
+
+    def select(self, available: list[int]) -> set[int]:
+        """The versions to serve out of those on disk."""
+        if self.kind == "all":
+            return set(available)
+        if self.kind == "latest":
+            return set(sorted(available)[-self.latest:])
+        return set(self.versions) & set(available)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Per-model settings; models found on disk without an entry get the defaults."""
+
+    platform: str = "auto"
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        if self.platform not in PLATFORMS:
+            raise ConfigError(f"platform must be one of {PLATFORMS}, got {self.platform!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """The model server process. ``port=0`` / ``status_port=0`` pick free ports."""
+
+    models_dir: Path
+    host: str = "[::]"
+    port: int = 8500
+    status_host: str = "127.0.0.1"
+    status_port: int | None = 8502
+    poll_interval_s: float = 1.0
+    grace_s: float = 10.0
+    max_message_bytes: int = 64 * 1024 * 1024
+    grpc_workers: int = 64
+    defaults: ModelConfig = field(default_factory=ModelConfig)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models_dir", Path(self.models_dir))
+        _positive(self, "poll_interval_s", "max_message_bytes", "grpc_workers")
+        if self.grace_s < 0:
+            raise ConfigError("ServerConfig.grace_s must be >= 0")
+
+    def model(self, name: str) -> ModelConfig:
+        return self.models.get(name, self.defaults)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _model_config(data: dict[str, Any], batching: dict[str, Any], where: str) -> ModelConfig:
+    data = dict(data)
+    merged = {**batching, **data.pop("batching", {})}
+    policy = data.pop("version_policy", None)
+    kwargs: dict[str, Any] = {"batching": _build(BatchingConfig, merged, f"{where}.batching")}
+    if policy is not None:
+        kwargs["version_policy"] = VersionPolicy.parse(str(policy))
+    return _build(ModelConfig, {**data, **kwargs}, where)
+
+
+def load_config(path: Path | None, *, models_dir: Path,
+                overrides: dict[str, Any] | None = None) -> ServerConfig:
+    """Read a TOML config file (optional); ``overrides`` are CLI flags set explicitly.
+
+    ``overrides`` may hold ServerConfig fields and a ``batching`` dict that
+    takes precedence over the file's batching defaults.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+    overrides = dict(overrides or {})
+    unknown = set(data) - {"server", "batching", "models"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}")
+    batching = {**data.get("batching", {}), **overrides.pop("batching", {})}
+    defaults = _model_config({}, batching, "batching")
+    models = {name: _model_config(m, batching, f"models.{name}")
+              for name, m in data.get("models", {}).items()}
+    server = {**data.get("server", {}), **overrides}
+    return _build(ServerConfig, {**server, "models_dir": models_dir, "defaults": defaults,
+                                 "models": models}, "server")
