@@ -1,1 +1,19 @@
-"""Sidecar agent (filled in by the server-agent issue)."""
+"""Sidecar agent: probes its pod and publishes a dynamic capacity weight to ZooKeeper.
+
+The I/O-free cores, each fed events and the current time and returning decisions:
+
+- :mod:`server_agent.probes` -- :class:`~server_agent.probes.ProbeEngine`
+  (startup/readiness/liveness with Kubernetes semantics) and the handlers that
+  do one check each (exec, HTTP GET, TCP, gRPC health).
+- :mod:`server_agent.weight` -- :class:`~server_agent.weight.WeightController`:
+  capacity x health x slow-start, smoothed, clamped, rate-limited publishes.
+
+Local building blocks: :mod:`server_agent.plugins` (business health plugins
+from ``--plugin-dir``), :mod:`server_agent.capacity` and
+:mod:`server_agent.k8s` (cores, GPUs, pod and node, calibration),
+:mod:`server_agent.status` (the model server's status as a sample),
+:mod:`server_agent.config` (frozen configuration) and
+:mod:`server_agent.errors` (the error root). The process shell that wires
+these to a live server and to :class:`registry.publisher.Publisher` lives
+elsewhere and only drives them.
+"""
