@@ -33,15 +33,29 @@ HEDGES = Counter("weiclient_hedges", "Hedged calls by outcome", ["service", "out
 
 
 class ClientMetrics:
+    """Labelled children are cached: ``labels()`` costs a lock and a tuple per call."""
+
     def __init__(self, service: str) -> None:
         self.service = service
+        self._requests: dict[tuple[str, str], Any] = {}
+        self._seconds: dict[str, Any] = {}
+        self._attempts: dict[tuple[str, str], Any] = {}
 
     def request(self, model: str, outcome: str, seconds: float) -> None:
-        REQUESTS.labels(self.service, model, outcome).inc()
-        REQUEST_SECONDS.labels(self.service, model).observe(seconds)
+        counter = self._requests.get((model, outcome))
+        if counter is None:
+            counter = self._requests[(model, outcome)] = REQUESTS.labels(self.service, model, outcome)
+        hist = self._seconds.get(model)
+        if hist is None:
+            hist = self._seconds[model] = REQUEST_SECONDS.labels(self.service, model)
+        counter.inc()
+        hist.observe(seconds)
 
     def attempt(self, endpoint: str, code: str, seconds: float) -> None:
-        ATTEMPTS.labels(self.service, endpoint, code).inc()
+        counter = self._attempts.get((endpoint, code))
+        if counter is None:
+            counter = self._attempts[(endpoint, code)] = ATTEMPTS.labels(self.service, endpoint, code)
+        counter.inc()
 
     def retry(self, code: str) -> None:
         RETRIES.labels(self.service, code).inc()

@@ -42,6 +42,7 @@ from .errors import (
 __all__ = ["LatencyWindow", "Plan", "Transport"]
 
 SC = grpc.StatusCode
+REPORT_INTERVAL_S = 0.05
 RETRYABLE = frozenset({SC.UNAVAILABLE, SC.RESOURCE_EXHAUSTED, SC.ABORTED})
 CALLER_ERRORS = {SC.INVALID_ARGUMENT: InvalidInput, SC.NOT_FOUND: ModelNotFound,
                  SC.FAILED_PRECONDITION: InvalidInput, SC.OUT_OF_RANGE: InvalidInput}
@@ -140,7 +141,11 @@ class Transport:
         now = self._clock()
         measured = now - t0
         latency = None if fresh else measured
-        report = wire.load_report_from_metadata(trailing) if trailing else None
+        # Decoding the ORCA report costs more than the rest of this method; the
+        # balancer trusts a report for seconds, so one per endpoint every 50 ms is plenty.
+        report = None
+        if trailing and now - ep.state.report_at >= REPORT_INTERVAL_S:
+            report = wire.load_report_from_metadata(trailing)
         bal = self._balancer()
         if err is None:
             try:
@@ -174,6 +179,20 @@ class Transport:
         fut = conn.predict.future(plan.payload, timeout=timeout)
         return ep, self._clock(), fut, fresh
 
+    def _blocking(self, ep: Endpoint, plan: Plan, timeout: float) -> wire.PredictResponse:
+        """No hedge possible: a blocking call on the caller's thread (futures complete on
+        another thread, which costs a handoff on every call)."""
+        self._balancer().on_start(ep, self._clock())
+        plan.tried.add(ep)
+        conn = self.pool.get(ep.address)
+        fresh = self.pool.first_call(ep.address)
+        t0 = self._clock()
+        try:
+            body, call = conn.predict.with_call(plan.payload, timeout=timeout)
+        except grpc.RpcError as err:
+            return self._done(ep, t0, None, err, _trailing(err), fresh=fresh)
+        return self._done(ep, t0, body, None, call.trailing_metadata(), fresh=fresh)
+
     def _outcome(self, flight: tuple[Endpoint, float, Any, bool]) -> wire.PredictResponse:
         ep, t0, fut, fresh = flight
         try:
@@ -191,10 +210,10 @@ class Transport:
         if remaining <= 0:
             raise DeadlineExceeded("the deadline passed", tuple(plan.attempts))
         ep = self.pick(plan, now)
-        primary = self._send(ep, plan, remaining)
         delay = self._hedge_delay(remaining)
         if delay is None:
-            return self._outcome(primary)
+            return self._blocking(ep, plan, remaining)
+        primary = self._send(ep, plan, remaining)
         done = threading.Event()
         primary[2].add_done_callback(lambda _f: done.set())
         if done.wait(delay) or not self.hedge_budget.try_withdraw(self._clock()):
@@ -245,10 +264,17 @@ class Transport:
         return delay if delay is not None and delay < remaining else None
 
     def call(self, plan: Plan) -> wire.PredictResponse:
-        """The retry loop around :meth:`attempt`."""
+        """The first attempt, then (only after an endpoint failure) tenacity's retry loop.
+
+        The fast path builds no retry machinery: almost every call succeeds at once.
+        """
         self.budget.deposit(self._clock())
         self.hedge_budget.deposit(self._clock())
         try:
+            try:
+                return self.attempt(plan)
+            except _Retryable as first:
+                self._note_retry(plan, first)
             for attempt in tenacity.Retrying(**self._retry_kwargs(plan), sleep=self._sleep):
                 with attempt:
                     return self.attempt(plan)
@@ -322,6 +348,10 @@ class Transport:
         self.budget.deposit(self._clock())
         self.hedge_budget.deposit(self._clock())
         try:
+            try:
+                return await self.aattempt(plan)
+            except _Retryable as first:
+                self._note_retry(plan, first)
             async for attempt in tenacity.AsyncRetrying(**self._retry_kwargs(plan), sleep=asyncio.sleep):
                 with attempt:
                     return await self.aattempt(plan)
@@ -336,7 +366,27 @@ class Transport:
 
     # -- retry policy, shared ----------------------------------------------------------
 
+    def _should_stop(self, plan: Plan, made: int) -> bool:
+        """Checked in order, so the budget is only spent on a retry that happens."""
+        cfg = self.config.retry
+        if made >= cfg.max_attempts:
+            plan.stopped_by = f"{cfg.max_attempts} attempts"
+        elif plan.deadline - self._clock() <= 0:
+            plan.stopped_by = "the deadline"
+        elif not self.budget.try_withdraw(self._clock()):
+            plan.stopped_by = "the retry budget (too many retries lately)"
+        return bool(plan.stopped_by)
+
+    def _note_retry(self, plan: Plan, failure: _Retryable) -> None:
+        """After the first attempt failed: record it, then retry at once (on another
+        instance) unless a limit says stop. Later retries back off (tenacity's wait)."""
+        if self._should_stop(plan, made=1):
+            raise failure
+        plan.attempts.append(failure.attempt)
+        self._metrics.retry(failure.attempt.code)
+
     def _retry_kwargs(self, plan: Plan) -> dict[str, Any]:
+        """tenacity's loop for attempts 2..max_attempts (its attempt 1 is our second)."""
         cfg = self.config.retry
 
         def before_retry(state: tenacity.RetryCallState) -> None:
@@ -345,19 +395,9 @@ class Transport:
                 plan.attempts.append(exc.attempt)
                 self._metrics.retry(exc.attempt.code)
 
-        def stop(state: tenacity.RetryCallState) -> bool:
-            # Checked in order, so the budget is only spent on a retry that happens.
-            if state.attempt_number >= cfg.max_attempts:
-                plan.stopped_by = f"{cfg.max_attempts} attempts"
-            elif plan.deadline - self._clock() <= 0:
-                plan.stopped_by = "the deadline"
-            elif not self.budget.try_withdraw(self._clock()):
-                plan.stopped_by = "the retry budget (too many retries lately)"
-            return bool(plan.stopped_by)
-
         return {
             "retry": tenacity.retry_if_exception_type(_Retryable),
-            "stop": stop,
+            "stop": lambda state: self._should_stop(plan, made=state.attempt_number + 1),
             "wait": tenacity.wait_exponential_jitter(multiplier=cfg.backoff_s, max=cfg.max_backoff_s,
                                                      jitter=cfg.backoff_s),
             "before_sleep": before_retry,
