@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -31,12 +32,10 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from registry.embedded import ZooKeeperEnsemble  # noqa: E402
+from registry.embedded import ZooKeeperEnsemble, free_ports  # noqa: E402
 from registry.publisher import Publisher  # noqa: E402
 from registry.records import InstanceRecord, State  # noqa: E402
 from registry.zk import ZkSettings, connect  # noqa: E402
-from serving.config import BatchingConfig, ModelConfig, ServerConfig  # noqa: E402
-from serving.server import ModelServer  # noqa: E402
 from weiclient import ClientConfig, WeiClient, wire  # noqa: E402
 
 MODEL = """
@@ -67,9 +66,14 @@ def main() -> int:
     models = Path(tempfile.mkdtemp(prefix="wei-bench-")) / "models"
     (models / "rank" / "1").mkdir(parents=True)
     (models / "rank" / "1" / "model.py").write_text(textwrap.dedent(MODEL))
-    # No batching: one request is one model call, so only the client differs between the variants.
-    server = ModelServer(ServerConfig(models_dir=models, host="127.0.0.1", port=0, status_port=None,
-                                      defaults=ModelConfig(batching=BatchingConfig(enabled=False)))).start()
+    # The server is its own process, as in production (in one process the client's
+    # Python would compete with the server's threads for the GIL). No batching: one
+    # request is one model call, so only the client differs between the variants.
+    port = free_ports(1)[0]
+    server = subprocess.Popen([sys.executable, "-m", "serving.cli", "--models", str(models), "--host", "127.0.0.1",
+                               "--port", str(port), "--status-port", "-1", "--no-batching", "--log-level", "warning"],
+                              cwd=Path(__file__).resolve().parent.parent)
+    grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=60)
     payloads = {
         "small (1 row, 52 B)": np.ones((1, 13), np.float32),
         "ranking (2,000 rows, 104 KB)": np.random.default_rng(0).random((2000, 13), dtype=np.float32),
@@ -78,12 +82,12 @@ def main() -> int:
     with ZooKeeperEnsemble(1) as zk:
         admin = connect(ZkSettings(hosts=zk.hosts))
         pub = Publisher(admin, InstanceRecord(service="bench", id="pod-0", address="127.0.0.1",
-                                              port=server.port, weight=1.0, state=State.SERVING,
+                                              port=port, weight=1.0, state=State.SERVING,
                                               models={"rank": [1]}))
         pub.register()
         client = WeiClient(zk.hosts, "bench", config=ClientConfig(timeout_s=5.0))
         client._watcher.wait_for(lambda s: len(s.routable()) == 1)
-        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         raw = channel.unary_unary(wire.PREDICT_METHOD)
 
         def raw_call(x: np.ndarray) -> np.ndarray:
@@ -116,9 +120,10 @@ def main() -> int:
         pub.close()
         admin.stop()
         admin.close()
-    server.stop(0)
+    server.terminate()
+    server.wait(timeout=30)
 
-    table = Table(title=f"WeiClient.predict vs raw gRPC stub, one local server ({args.calls} calls each, "
+    table = Table(title=f"WeiClient.predict vs raw gRPC stub, one wei-serve process ({args.calls} calls each, "
                         "interleaved)")
     for col in ("payload", "raw p50 µs", "WeiClient p50 µs", "ratio p50", "raw p99 µs", "WeiClient p99 µs"):
         table.add_column(col, justify="left" if col == "payload" else "right")
