@@ -42,6 +42,8 @@ demo: deps
 
 bench: deps
 	$(PY) bench/registry_latency.py
+	$(PY) bench/overhead.py
+	$(PY) bench/batching.py
 
 lint: venv
 	$(VENV)/bin/ruff check registry weiclient serving server_agent tests bench examples
