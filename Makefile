@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := zookeeper libcurator-discovery-java default-jdk-headless
 
-.PHONY: deps system venv test unit demo bench lint clean
+.PHONY: deps system venv test unit demo registry-demo bench lint clean
 
 deps: system venv
 
@@ -38,6 +38,9 @@ unit: venv
 	$(PY) -m pytest -q tests/unit
 
 demo: deps
+	$(PY) examples/cluster_demo.py
+
+registry-demo: deps
 	$(PY) examples/registry_demo.py
 
 bench: deps
