@@ -9,6 +9,7 @@ EXTRAS ?= tf,dev
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := zookeeper libcurator-discovery-java default-jdk-headless
+TORCH_WHEELS ?= /opt/wheels/torch-*+cpu-cp311-*.whl
 
 .PHONY: deps system venv test unit demo registry-demo bench lint clean
 
@@ -27,6 +28,11 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	@echo "== installing weiserving[$(EXTRAS)] into $(VENV)"
 	$(PY) -m pip install -q --disable-pip-version-check -U pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]'
+	@# The optional PyTorch backend: install a local CPU wheel when the machine has one
+	@# (never a multi-GB CUDA download); without it its tests skip and say why.
+	@wheel="$(firstword $(wildcard $(TORCH_WHEELS)))"; if [ -n "$$wheel" ]; then \
+	  echo "== installing $$wheel (PyTorch backend)"; $(PY) -m pip install -q --disable-pip-version-check "$$wheel"; \
+	else echo "== no local CPU torch wheel: the PyTorch backend tests will skip"; fi
 	@touch $@
 
 venv: $(VENV)/.installed-$(EXTRAS)
