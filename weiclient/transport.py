@@ -111,6 +111,7 @@ class Transport:
         self.budget = RetryBudget(config.retry.budget)
         self.hedge_budget = RetryBudget(RetryBudgetConfig(ratio=config.hedging.budget_ratio, min_retries_per_s=0.0))
         self.latency = LatencyWindow(config.hedging.window, config.hedging.percentile, config.hedging.min_delay_s)
+        self._hedging = config.hedging.enabled  # hedge bookkeeping costs ~10 us a call: only when on
 
     # -- picking -------------------------------------------------------------
 
@@ -154,7 +155,7 @@ class Transport:
                 bal.on_finish(ep, now, latency, False, report)
                 raise _Retryable(Attempt(ep.address, "MALFORMED_RESPONSE", str(e), measured)) from None
             bal.on_finish(ep, now, latency, True, report)
-            if latency is not None:
+            if latency is not None and self._hedging:
                 self.latency.add(latency)
             self._metrics.attempt(ep.address, "OK", measured)
             return resp
@@ -258,7 +259,7 @@ class Transport:
         self._balancer().on_finish(flight[0], self._clock(), None, True, None)
 
     def _hedge_delay(self, remaining: float) -> float | None:
-        if not self.config.hedging.enabled:
+        if not self._hedging:
             return None
         delay = self.latency.delay
         return delay if delay is not None and delay < remaining else None
@@ -268,8 +269,10 @@ class Transport:
 
         The fast path builds no retry machinery: almost every call succeeds at once.
         """
-        self.budget.deposit(self._clock())
-        self.hedge_budget.deposit(self._clock())
+        now = self._clock()
+        self.budget.deposit(now)
+        if self._hedging:
+            self.hedge_budget.deposit(now)
         try:
             try:
                 return self.attempt(plan)
@@ -345,8 +348,10 @@ class Transport:
         return self._done(ep, t0, body, None, await call.trailing_metadata(), fresh=fresh)
 
     async def acall(self, plan: Plan) -> wire.PredictResponse:
-        self.budget.deposit(self._clock())
-        self.hedge_budget.deposit(self._clock())
+        now = self._clock()
+        self.budget.deposit(now)
+        if self._hedging:
+            self.hedge_budget.deposit(now)
         try:
             try:
                 return await self.aattempt(plan)
