@@ -13,7 +13,14 @@ from ``--plugin-dir``), :mod:`server_agent.capacity` and
 :mod:`server_agent.k8s` (cores, GPUs, pod and node, calibration),
 :mod:`server_agent.status` (the model server's status as a sample),
 :mod:`server_agent.config` (frozen configuration) and
-:mod:`server_agent.errors` (the error root). The process shell that wires
-these to a live server and to :class:`registry.publisher.Publisher` lives
-elsewhere and only drives them.
+:mod:`server_agent.errors` (the error root); :mod:`server_agent.lifecycle`
+(registration phases as a pure table).
+
+The process shell only drives them: :mod:`server_agent.agent` (the run loop
+and the drain -> wait -> deregister shutdown), :mod:`server_agent.server_io`
+(status reads, plugin predicts, probe handlers for the pod's server),
+:mod:`server_agent.http` (/healthz /readyz /startupz /livez /metrics /status
+/drain), :mod:`server_agent.agent_config`, :mod:`server_agent.cli`
+(``wei-agent run|probe|drain|manifest``) and :mod:`server_agent.manifest`
+(the Kubernetes Deployment, built with the kubernetes client's models).
 """

@@ -239,21 +239,26 @@ def detect_capacity(
     pod: PodInfo | None = None,
     cpu_count: Callable[[], int] = available_cpus,
     calibration: Calibration | None = None,
+    prefer_pod_limit: bool = False,
 ) -> CapacityReport:
     """Cores: the cgroup quota, else the pod's declared CPU limit, else the CPUs we
     may run on -- and never more than those CPUs (a quota above the cpuset is
     not reachable). ``pod`` defaults to the downward-API environment; pass the
-    result of :func:`server_agent.k8s.pod_info_from_api` to use the API's."""
+    result of :func:`server_agent.k8s.pod_info_from_api` to use the API's.
+
+    ``prefer_pod_limit``: a sidecar's own cgroup quota is the sidecar's, not the
+    model server's; when the model server container's limit is declared
+    (``WEI_CPU_LIMIT_MILLICORES`` from its ``resourceFieldRef``), use it first."""
     cfg = config or CapacityConfig()
     env = os.environ if env is None else env
     pod = pod if pod is not None else pod_info_from_env(env, cfg.env_prefix)
     notes: list[str] = []
     cpus = max(1, cpu_count())
     quota, where = cgroup_cpu_limit(cfg.cgroup_root, cfg.proc_self_cgroup)
-    if quota is not None:
-        cores, source = quota, where
-    elif pod.cpu_limit is not None:
+    if pod.cpu_limit is not None and (prefer_pod_limit or quota is None):
         cores, source = pod.cpu_limit, f"pod CPU limit ({pod.source}); {where}"
+    elif quota is not None:
+        cores, source = quota, where
     else:
         cores, source = float(cpus), f"{cpus} available CPUs; {where}"
     if cores > cpus:

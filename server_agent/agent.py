@@ -1,0 +1,344 @@
+"""The agent shell: one thread drives the probe engine, the lifecycle and the weight controller.
+
+Lifecycle of the process (staged, idempotent, observable via :attr:`Agent.view`):
+
+``start()``
+    detect capacity, start a ZooKeeper client in the background (the agent
+    probes even while ZooKeeper is down), start the run loop.
+run loop
+    run due probes serially (the engine's clock is injected), poll the
+    server's ``/status`` and ``/metrics`` every ``status_poll_s``, ask
+    :class:`~server_agent.lifecycle.Lifecycle` for a transition and make the
+    write it names through :class:`registry.publisher.Publisher` (which
+    survives session loss); publish the weight only when the controller says so.
+``request_shutdown()`` (SIGTERM, or ``GET /drain`` from the preStop hook)
+    1. drain: ``enabled: false``, weight 0 -- clients stop picking the pod;
+    2. wait ``drain_wait_s`` so every client has seen it;
+    3. wait until the server's in-flight count (``/status``) is 0, up to
+       ``in_flight_timeout_s``;
+    4. deregister (delete the node), close the session.
+``force()`` (a second signal) cuts the waits short; deregistration is still tried.
+
+The agent never stops the model server: in Kubernetes each container gets
+its own SIGTERM (see ``examples/k8s/README.md`` for the ordering).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kazoo.client import KazooClient
+
+from registry.publisher import Publisher
+from registry.records import InstanceRecord, State, instance_to_json
+from registry.zk import connect
+
+from .agent_config import AgentConfig
+from .capacity import CapacityReport, detect_capacity
+from .lifecycle import Lifecycle, Move, Phase, Transition
+from .probes import EngineStatus, ProbeEngine, ProbeKind, ProbeState
+from .probes.result import Handler
+from .server_io import ServerReading, build_handlers, read_server
+from .status import sample_from_status
+from .weight import Health, WeightController
+
+__all__ = ["Agent", "AgentView"]
+
+log = logging.getLogger("server_agent")
+
+HEARTBEAT_S = 1.0
+"""The loop wakes at least this often, so /healthz can tell a stuck loop from an idle one."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentView:
+    """An immutable picture of the agent, swapped in by the loop after every step (HTTP reads it)."""
+
+    phase: Phase
+    engine: EngineStatus
+    capacity: CapacityReport
+    weight: float  # the controller's weight now
+    published_weight: float | None
+    health: Health
+    ramp: float
+    server: ServerReading | None
+    zk_connected: bool
+    zk_writes: int
+    weight_publishes: int
+    probe_results: Mapping[tuple[str, bool], int]
+    heartbeat: float
+    last_transition: str = ""
+    shutdown_requested: bool = False
+    forced: bool = False
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+    def reason(self, kind: ProbeKind) -> str:
+        for p in self.engine.probes:
+            if p.kind is kind:
+                return p.last_reason
+        return ""
+
+
+class Agent:
+    """One pod's agent. ``capacity`` and ``handlers`` may be injected (tests, calibration)."""
+
+    def __init__(self, config: AgentConfig, *, capacity: CapacityReport | None = None,
+                 handlers: Mapping[ProbeKind, Handler] | None = None, zk_client: KazooClient | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._clock = clock
+        self._capacity = capacity
+        self._handlers = dict(handlers) if handlers is not None else build_handlers(config)
+        self._zk = zk_client
+        self._owns_zk = zk_client is None
+        self._life = Lifecycle()
+        self._publisher: Publisher | None = None
+        self._ctl: WeightController | None = None
+        self._engine: ProbeEngine | None = None
+        self._reading: ServerReading | None = None
+        self._counts: Counter[tuple[str, bool]] = Counter()
+        self._shutdown = threading.Event()
+        self._force = threading.Event()
+        self._done = threading.Event()
+        self._cond = threading.Condition()
+        self._view: AgentView | None = None
+        self._thread: threading.Thread | None = None
+        self._last_transition = ""
+        self._drained_at: float | None = None
+        self.clean = False  # the shutdown sequence deregistered without being forced
+        self.shutdown_requested_at: float | None = None
+        self.deregistered_at: float | None = None
+
+    # -- stages -------------------------------------------------------------------------
+
+    def start(self) -> Agent:
+        with self._cond:
+            if self._thread is not None:
+                return self
+            cfg = self.config
+            if self._capacity is None:
+                self._capacity = detect_capacity(prefer_pod_limit=True)  # a sidecar: the server's limit, not ours
+            now = self._clock()
+            self._engine = ProbeEngine(started_at=now, startup=cfg.startup, readiness=cfg.readiness,
+                                       liveness=cfg.liveness)
+            self._ctl = WeightController(cfg.weight, capacity_score=self._capacity.score, now=now)
+            if self._zk is None:
+                self._zk = connect(cfg.zk, wait=False)
+            self._publish_view(now)
+            self._thread = threading.Thread(target=self._run, name="wei-agent", daemon=True)
+            self._thread.start()
+        log.info("agent %s/%s: probing %s, capacity %s (score %g)", cfg.service, cfg.instance_id, cfg.target,
+                 self._capacity.capacity, self._capacity.score)
+        return self
+
+    def request_shutdown(self) -> None:
+        """Begin the drain -> wait -> deregister sequence (idempotent)."""
+        if not self._shutdown.is_set():
+            self.shutdown_requested_at = self._clock()
+            log.info("agent %s: shutdown requested: draining", self.config.instance_id)
+        self._shutdown.set()
+
+    def force(self) -> None:
+        """Cut the shutdown's waits short (a second signal)."""
+        self._force.set()
+        self.request_shutdown()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the shutdown sequence has finished."""
+        return self._done.wait(timeout)
+
+    def close(self) -> None:
+        """Stop everything now (tests, errors): a forced shutdown, then the ZooKeeper client."""
+        if self._thread is not None:
+            self.force()
+            self._thread.join(15)
+        if self._owns_zk and self._zk is not None:
+            self._zk.stop()
+            self._zk.close()
+            self._zk = None
+
+    # -- observation ------------------------------------------------------------------------
+
+    @property
+    def view(self) -> AgentView:
+        with self._cond:
+            assert self._view is not None, "start() the agent first"
+            return self._view
+
+    def wait_for(self, predicate: Callable[[AgentView], bool], timeout: float = 10.0) -> AgentView:
+        """Block until ``predicate(view)`` holds; raises TimeoutError with the last view."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._view is not None and predicate(self._view), timeout):
+                raise TimeoutError(f"agent state not reached within {timeout:g}s: {self._view}")
+            return self._view  # type: ignore[return-value]
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` has produced a first view (HTTP answers 503 before)."""
+        with self._cond:
+            return self._view is not None
+
+    @property
+    def publisher(self) -> Publisher | None:
+        return self._publisher
+
+    def __repr__(self) -> str:
+        return f"<Agent {self.config.service}/{self.config.instance_id} {self._life.phase}>"
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        engine, cfg = self._engine, self.config
+        assert engine is not None
+        next_poll = self._clock()
+        try:
+            while not self._shutdown.is_set():
+                for kind in engine.due(self._clock()):
+                    result = self._handlers[kind].check(engine.spec(kind).timeout_seconds)
+                    self._counts[(str(kind), result.ok)] += 1
+                    engine.observe(kind, result, self._clock())
+                    if self._shutdown.is_set():
+                        break
+                now = self._clock()
+                polled = now >= next_poll
+                if polled:
+                    self._poll(now)
+                    next_poll = now + cfg.status_poll_s
+                self._apply(self._clock(), polled)
+                due = engine.next_due(now)
+                wake = min(next_poll, due if due is not None else math.inf, now + HEARTBEAT_S)
+                self._publish_view(now)
+                self._shutdown.wait(max(0.0, wake - self._clock()))
+            self._shutdown_sequence()
+        except Exception:
+            log.exception("agent loop failed; deregistering")
+            self._force.set()
+            self._shutdown_sequence()
+        finally:
+            self._publish_view(self._clock())
+            self._done.set()
+
+    def _poll(self, now: float) -> None:
+        reading = read_server(self.config.status_url, timeout=min(1.0, self.config.status_poll_s))
+        self._reading = reading
+        if reading.status is not None:  # unreadable status: no evidence either way, hold the weight
+            assert self._ctl is not None
+            self._ctl.observe(sample_from_status(reading.status, requests=reading.requests,
+                                                 errors=reading.errors), now)
+
+    def _why(self) -> str:
+        assert self._engine is not None
+        failing = [f"{p.kind}: {p.last_reason}" for p in self._engine.snapshot().probes
+                   if p.state is not ProbeState.SUCCESS and p.last_reason]
+        return "; ".join(failing)
+
+    def _apply(self, now: float, polled: bool) -> None:
+        engine, ctl = self._engine, self._ctl
+        assert engine is not None and ctl is not None
+        t = self._life.step(routable=engine.snapshot().routable, ramping=ctl.ramp(now) < 1.0, why=self._why())
+        if t is not None:
+            self._transition(t, now)
+        elif polled and self._life.phase.routable and self._publisher is not None:
+            changes: dict[str, Any] = {}
+            d = ctl.decide(now)
+            if d.publish:
+                changes["weight"] = d.weight
+                log.info("agent %s: weight %s", self.config.instance_id, d.reason)
+            models = self._reading.models if self._reading is not None else None
+            if models is not None and models != {k: list(v) for k, v in self._publisher.record.models.items()}:
+                changes["models"] = models
+            if changes:
+                self._publisher.update(**changes)
+
+    def _transition(self, t: Transition, now: float) -> None:
+        ctl = self._ctl
+        assert ctl is not None
+        self._last_transition = str(t)
+        log.info("agent %s: %s", self.config.instance_id, t)
+        if t.move is Move.REGISTER:
+            ctl.registered(now)
+            self._publisher = Publisher(self._zk, self._record(ctl.decide(now).weight), paths=self.config.zk.paths,
+                                        config=self.config.publisher)
+            self._publisher.register(timeout=None)  # written by the publisher's worker, whenever ZooKeeper allows
+        elif t.move is Move.DRAIN and self._publisher is not None:
+            self._publisher.drain()
+            self._drained_at = now
+        elif t.move is Move.ENABLE and self._publisher is not None:
+            ctl.registered(now)
+            self._publisher.enable(weight=ctl.decide(now).weight, state=State.WARMING)
+        elif t.move is Move.PROMOTE and self._publisher is not None:
+            self._publisher.update(state=State.SERVING, weight=ctl.decide(now).weight)
+
+    def _record(self, weight: float) -> InstanceRecord:
+        cfg, cap = self.config, self._capacity
+        assert cap is not None and cfg.address is not None and cfg.port is not None
+        models = (self._reading.models if self._reading is not None else None) or {}
+        return InstanceRecord(service=cfg.service, id=cfg.instance_id, address=cfg.address, port=cfg.port,
+                              weight=weight, capacity=cap.capacity, state=State.WARMING,
+                              zone=cfg.zone or cap.pod.zone, node=cfg.node or cap.pod.node_name,
+                              models=models, labels=cfg.labels)
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def _shutdown_sequence(self) -> None:
+        before = self._life.phase
+        if self._life.step(routable=False, ramping=False, shutdown=True) is None:
+            return
+        cfg, pub = self.config, self._publisher
+        self._publish_view(self._clock())
+        if pub is not None and before.registered:
+            if before.routable:
+                pub.drain(timeout=2.0)
+                self._drained_at = self._clock()
+                log.info("agent %s: drained; waiting %gs for clients to see it", cfg.instance_id, cfg.drain_wait_s)
+            since = self._clock() - (self._drained_at or self._clock())
+            self._force.wait(max(0.0, cfg.drain_wait_s - since))
+            self._wait_idle()
+        ok = True
+        if pub is not None:
+            ok = pub.deregister(timeout=2.0 if self._force.is_set() else 10.0)
+            pub.close(deregister=False)
+        self.deregistered_at = self._clock()
+        self.clean = ok and not self._force.is_set()
+        self._life.stopped()
+        log.info("agent %s: deregistered%s", cfg.instance_id, "" if self.clean else " (forced or unconfirmed)")
+
+    def _wait_idle(self) -> None:
+        """Wait for the server's in-flight count to reach 0 (unknown counts as 0: nothing to wait on)."""
+        deadline = self._clock() + self.config.in_flight_timeout_s
+        while not self._force.is_set():
+            reading = read_server(self.config.status_url, timeout=0.5, metrics=False)
+            n = reading.in_flight
+            if not n:
+                return
+            if self._clock() >= deadline:
+                log.warning("agent %s: %d requests still in flight after %gs; deregistering anyway",
+                            self.config.instance_id, n, self.config.in_flight_timeout_s)
+                return
+            self._force.wait(0.05)
+
+    # -- the view ----------------------------------------------------------------------------
+
+    def _publish_view(self, now: float) -> None:
+        engine, ctl, pub = self._engine, self._ctl, self._publisher
+        assert engine is not None and ctl is not None and self._capacity is not None
+        view = AgentView(
+            phase=self._life.phase, engine=engine.snapshot(), capacity=self._capacity, weight=ctl.weight(now),
+            published_weight=pub.record.weight if pub is not None and self._life.phase.registered else None,
+            health=ctl.last_health, ramp=ctl.ramp(now), server=self._reading,
+            zk_connected=bool(self._zk is not None and self._zk.connected),
+            zk_writes=pub.stats.writes if pub is not None else 0, weight_publishes=ctl.publishes,
+            probe_results=dict(self._counts), heartbeat=now, last_transition=self._last_transition,
+            shutdown_requested=self._shutdown.is_set(), forced=self._force.is_set(),
+            record=instance_to_json(pub.record) if pub is not None else {},
+        )
+        with self._cond:
+            self._view = view
+            self._cond.notify_all()

@@ -1,0 +1,215 @@
+"""The agent's HTTP endpoints (stdlib ``http.server`` in a thread; port 0 picks a free one).
+
+==============  ==================================================================
+``/healthz``    200 while the agent's loop runs and the server's liveness probe
+                is not failing; 503 with the reason otherwise (kubelet liveness)
+``/readyz``     200 while startup and readiness pass and no shutdown is under way
+``/startupz``   200 once the startup probe has passed
+``/livez``      200 while the agent's own loop runs (the agent container's liveness)
+``/metrics``    Prometheus text: weight, capacity, health, probe results,
+                registration phase, ZooKeeper writes, the server's in-flight
+``/status``     JSON: everything above, and the published record
+``/drain``      starts the shutdown sequence and answers once deregistered
+                (the model server container's preStop ``httpGet``)
+==============  ==================================================================
+
+Every handler reads one immutable :class:`~server_agent.agent.AgentView`; none
+touches the agent's state.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .lifecycle import Phase
+from .probes import ProbeKind, ProbeState
+
+if TYPE_CHECKING:
+    from .agent import Agent, AgentView
+
+__all__ = ["AgentHttp", "verdict"]
+
+STALE_LOOP_S = 30.0
+"""/healthz fails when the loop has not stepped for this long (a probe handler stuck past every timeout)."""
+
+
+def verdict(view: AgentView, kind: str, now: float) -> tuple[bool, str]:
+    """(ok, one-line reason) for ``healthz``, ``readyz``, ``startupz`` or ``livez``."""
+    ok, reason = _verdict(view, kind, now)
+    reason = " ".join(reason.split())  # a plugin's exception may span lines; a probe answer never does
+    return ok, reason if len(reason) <= 300 else reason[:297] + "..."
+
+
+def _verdict(view: AgentView, kind: str, now: float) -> tuple[bool, str]:
+    loop_ok = now - view.heartbeat < STALE_LOOP_S or view.phase is Phase.STOPPED
+    if not loop_ok:
+        return False, f"agent loop stuck for {now - view.heartbeat:.0f}s"
+    e = view.engine
+    if kind == "livez":
+        return True, f"agent alive ({view.phase})"
+    if kind == "healthz":
+        if not e.alive:
+            return False, f"liveness failing: {view.reason(ProbeKind.LIVENESS)}"
+        return True, "alive"
+    if kind == "startupz":
+        if e.started:
+            return True, "started"
+        return False, f"startup not passed: {view.reason(ProbeKind.STARTUP) or 'no result yet'}"
+    if kind == "readyz":
+        if view.shutdown_requested or view.phase in (Phase.STOPPING, Phase.STOPPED):
+            return False, f"shutting down ({view.phase})"
+        if not e.started:
+            return False, f"startup not passed: {view.reason(ProbeKind.STARTUP) or 'no result yet'}"
+        if not e.ready:
+            return False, f"readiness failing: {view.reason(ProbeKind.READINESS) or 'no result yet'}"
+        if not e.alive:
+            return False, f"liveness failing: {view.reason(ProbeKind.LIVENESS)}"
+        return True, f"ready ({view.phase}, weight {view.weight:g})"
+    raise ValueError(kind)
+
+
+def status_document(view: AgentView, now: float) -> dict[str, Any]:
+    srv = view.server
+    return {
+        "phase": str(view.phase),
+        "verdicts": {k: dict(zip(("ok", "reason"), verdict(view, k, now), strict=True))
+                     for k in ("healthz", "readyz", "startupz")},
+        "probes": {str(p.kind): {"state": str(p.state), "consecutive_successes": p.consecutive_successes,
+                                 "consecutive_failures": p.consecutive_failures, "last_reason": p.last_reason,
+                                 "last_latency_ms": round(p.last_latency * 1000, 3), "results": p.results}
+                   for p in view.engine.probes},
+        "weight": view.weight, "published_weight": view.published_weight, "ramp": view.ramp,
+        "health": {"latency": view.health.latency, "queue": view.health.queue, "errors": view.health.errors},
+        "capacity": {**view.capacity.capacity.to_json(), "score": view.capacity.score,
+                     "notes": list(view.capacity.notes)},
+        "server": {"in_flight": srv.in_flight if srv else None, "reachable": bool(srv and srv.status is not None)},
+        "zookeeper": {"connected": view.zk_connected, "writes": view.zk_writes},
+        "weight_publishes": view.weight_publishes, "last_transition": view.last_transition,
+        "shutdown_requested": view.shutdown_requested, "record": dict(view.record),
+    }
+
+
+class _Collector(Collector):
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        v = self._agent.view
+        g = GaugeMetricFamily
+        yield g("wei_agent_weight", "Weight the controller holds now", value=v.weight)
+        yield g("wei_agent_published_weight", "Weight in ZooKeeper (0 while unregistered or drained)",
+                value=v.published_weight or 0.0)
+        yield g("wei_agent_capacity_score", "Capacity score the weight scales", value=v.capacity.score)
+        yield g("wei_agent_capacity_cpu_cores", "CPU cores detected", value=v.capacity.capacity.cpu_cores)
+        yield g("wei_agent_capacity_gpus", "GPUs detected", value=v.capacity.capacity.gpu_count)
+        yield g("wei_agent_health", "Health factor in [0, 1] (latency x queue x errors)",
+                value=v.health.latency * v.health.queue * v.health.errors)
+        yield g("wei_agent_slow_start_ramp", "Slow-start ramp factor", value=v.ramp)
+        ok = g("wei_agent_probe_success", "1 success, 0 failure, -1 unknown", labels=["probe"])
+        fails = g("wei_agent_probe_consecutive_failures", "Consecutive failures", labels=["probe"])
+        for p in v.engine.probes:
+            ok.add_metric([str(p.kind)], {ProbeState.SUCCESS: 1, ProbeState.FAILURE: 0}.get(p.state, -1))
+            fails.add_metric([str(p.kind)], p.consecutive_failures)
+        yield ok
+        yield fails
+        results = CounterMetricFamily("wei_agent_probe_results", "Probe results", labels=["probe", "result"])
+        for (kind, passed), n in sorted(v.probe_results.items()):
+            results.add_metric([kind, "success" if passed else "failure"], n)
+        yield results
+        phase = g("wei_agent_registration_phase", "1 for the current phase", labels=["phase"])
+        for p in Phase:
+            phase.add_metric([str(p)], 1.0 if p is v.phase else 0.0)
+        yield phase
+        yield CounterMetricFamily("wei_agent_weight_publishes", "Weights the controller decided to publish",
+                                  value=v.weight_publishes)
+        yield CounterMetricFamily("wei_agent_zk_writes", "ZooKeeper writes (create, set, delete)", value=v.zk_writes)
+        yield g("wei_agent_zk_connected", "1 while the ZooKeeper session is connected", value=float(v.zk_connected))
+        in_flight = v.server.in_flight if v.server is not None else None
+        yield g("wei_agent_server_in_flight", "Requests in flight on the model server (-1 unknown)",
+                value=-1.0 if in_flight is None else float(in_flight))
+
+
+class AgentHttp:
+    """Serves the endpoints for ``agent`` on ``host:port``; :attr:`port` is the bound port."""
+
+    def __init__(self, agent: Agent, host: str = "0.0.0.0", port: int = 0, *, drain_endpoint: bool = True) -> None:
+        registry = CollectorRegistry()
+        registry.register(_Collector(agent))
+        clock = agent._clock
+        budget = agent.config.shutdown_budget_s
+        self.pending_drains = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                path = self.path.split("?", 1)[0].rstrip("/")
+                if not agent.started:
+                    self._send(503, "text/plain", b"agent starting\n")
+                elif path in ("/healthz", "/readyz", "/startupz", "/livez"):
+                    ok, reason = verdict(agent.view, path[1:], clock())
+                    self._send(200 if ok else 503, "text/plain", (reason + "\n").encode())
+                elif path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+                elif path == "/status":
+                    body = json.dumps(status_document(agent.view, clock()), indent=1, default=str)
+                    self._send(200, "application/json", body.encode())
+                elif path == "/drain" and drain_endpoint:
+                    with lock:
+                        outer.pending_drains += 1
+                    try:
+                        agent.request_shutdown()
+                        done = agent.wait(budget)
+                        self._send(200 if done else 503, "text/plain",
+                                   b"deregistered\n" if done else b"still draining\n")
+                    finally:
+                        with lock:
+                            outer.pending_drains -= 1
+                else:
+                    self._send(404, "text/plain", b"try /healthz /readyz /startupz /livez /metrics /status\n")
+
+            do_POST = do_GET  # noqa: N815 -- /drain by POST too
+
+            def _send(self, code: int, ctype: str, body: bytes) -> None:
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the prober went away
+                    pass
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self.host = host
+        self.port: int = self._httpd.server_address[1]
+        self._lock = lock
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="wei-agent-http", daemon=True)
+        self._thread.start()
+
+    def close(self, *, drain_grace_s: float = 2.0) -> None:
+        """Stop serving; first give a pending ``/drain`` (a preStop hook) up to ``drain_grace_s`` to be answered."""
+        import time
+
+        deadline = time.monotonic() + drain_grace_s
+        while self.pending_drains and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"

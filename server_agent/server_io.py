@@ -1,0 +1,179 @@
+"""The agent's I/O towards its own model server: status reads, a predict call, the probe handlers.
+
+Everything here returns a value or None and never raises to the run loop: a
+server that is down, slow or answers garbage is a failed probe or an unknown
+sample, not a dead agent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .agent_config import AgentConfig
+from .plugins import PluginSet
+from .probes import HttpGetHandler, ProbeKind, ProbeResult, TcpSocketHandler
+from .probes.grpc_health import GrpcHandler
+from .probes.result import Handler, Timer
+
+__all__ = ["AllOf", "ServerReading", "build_handlers", "grpc_predict", "read_server"]
+
+SERVER_ERROR_CODES = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
+                                "DATA_LOSS"})
+"""Status codes counted against the pod's health; INVALID_ARGUMENT and NOT_FOUND are the caller's mistakes."""
+
+
+def _get(url: str, timeout: float) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 -- our own loopback endpoint
+            return resp.read(4 * 1024 * 1024)
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def parse_request_counts(text: str) -> tuple[int, int] | None:
+    """(requests, server errors) from ``weiserving_requests_total`` in a Prometheus exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    requests = errors = 0
+    found = False
+    try:
+        for family in text_string_to_metric_families(text):  # the family name varies with the TYPE line
+            if family.name in ("weiserving_requests", "weiserving_requests_total"):
+                found = True  # declared without samples: no request yet, counts are 0
+            for s in family.samples:
+                if s.name != "weiserving_requests_total":
+                    continue
+                found = True
+                requests += int(s.value)
+                if s.labels.get("code") in SERVER_ERROR_CODES:
+                    errors += int(s.value)
+    except Exception:  # a malformed exposition: no counts, not an error
+        return None
+    return (requests, errors) if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerReading:
+    """One poll of the server: its ``/status`` document (None when unreadable) and request counts."""
+
+    status: Mapping[str, Any] | None
+    requests: int | None = None
+    errors: int | None = None
+
+    @property
+    def in_flight(self) -> int | None:
+        v = self.status.get("in_flight") if self.status else None
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+    @property
+    def models(self) -> dict[str, list[int]] | None:
+        """{model: [versions]} as loaded, for the registry record; None when unknown."""
+        models = self.status.get("models") if self.status else None
+        if not isinstance(models, Mapping):
+            return None
+        out: dict[str, list[int]] = {}
+        for name, m in models.items():
+            versions = m.get("versions") if isinstance(m, Mapping) else None
+            out[name] = sorted(int(v) for v in (versions or {}) if str(v).isdigit())
+        return out
+
+
+def read_server(status_url: str | None, *, timeout: float = 1.0, metrics: bool = True) -> ServerReading:
+    if status_url is None:
+        return ServerReading(None)
+    body = _get(status_url + "/status", timeout)
+    try:
+        doc = json.loads(body) if body is not None else None
+    except ValueError:
+        doc = None
+    counts = None
+    if metrics and doc is not None:
+        text = _get(status_url + "/metrics", timeout)
+        counts = parse_request_counts(text.decode("utf-8", "replace")) if text is not None else None
+    requests, errors = counts if counts is not None else (None, None)
+    return ServerReading(doc if isinstance(doc, Mapping) else None, requests, errors)
+
+
+def grpc_predict(target: str, timeout: float) -> Callable[[str, Mapping[str, Any]], Mapping[str, Any]]:
+    """The ``predict(model, inputs)`` a plugin's context gets: one call, one channel (see grpc_health).
+
+    A golden sample written as JSON has no dtypes (``[[1, 2, 3]]`` is int64), so
+    every input is cast to the dtype the model's signature declares (read with
+    ``Metadata`` in the same channel). An RPC error is raised as a one-line
+    RuntimeError naming the status code.
+    """
+
+    def predict(model: str, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+        import grpc
+        import numpy as np
+
+        from weiclient import wire
+
+        try:
+            with grpc.insecure_channel(target) as channel:
+                meta = wire.decode_metadata_response(channel.unary_unary(wire.METADATA_METHOD)(
+                    wire.encode_metadata_request(model), timeout=timeout))
+                versions = meta.get(model, {}).get("versions", {})
+                latest = versions[max(versions, key=int)] if versions else {}
+                dtypes = {n: s.get("dtype") for n, s in latest.get("signature", {}).get("inputs", {}).items()}
+                arrays = {k: np.asarray(v, dtype=dtypes.get(k)) for k, v in inputs.items()}
+                body = channel.unary_unary(wire.PREDICT_METHOD)(
+                    wire.encode_request(wire.PredictRequest(model=model, inputs=arrays)), timeout=timeout)
+        except grpc.RpcError as e:
+            code = e.code().name if hasattr(e, "code") and e.code() is not None else "ERROR"
+            details = e.details() if hasattr(e, "details") else ""
+            raise RuntimeError(f"{model}: {code}: {details}") from None
+        result = wire.decode_response(body).results.get(model)
+        if result is None:
+            raise RuntimeError(f"the server answered without a result for {model!r}")
+        return dict(result.outputs)
+
+    return predict
+
+
+class AllOf:
+    """Several handlers as one: all must pass, the first failure is the result."""
+
+    def __init__(self, *handlers: Handler, clock: Callable[[], float] = time.monotonic) -> None:
+        self.handlers = handlers
+        self._clock = clock
+
+    def check(self, timeout: float) -> ProbeResult:
+        timer = Timer(self._clock)
+        notes = []
+        for h in self.handlers:
+            r = h.check(timeout)
+            if not r.ok:
+                return timer.fail(r.reason)
+            if r.reason:
+                notes.append(r.reason)
+        return timer.ok("; ".join(notes))
+
+    def __repr__(self) -> str:
+        return f"<AllOf {list(self.handlers)}>"
+
+
+def build_handlers(cfg: AgentConfig) -> dict[ProbeKind, Handler]:
+    """Startup: gRPC health. Readiness: gRPC health, then the plugins. Liveness: the server's
+    ``/healthz`` (a draining server is still alive, while its gRPC health says NOT_SERVING),
+    else a TCP connect to the gRPC port."""
+    target = f"{cfg.target_host}:{cfg.target_port}"
+    grpc_health = GrpcHandler(target)
+    readiness: Handler = grpc_health
+    if cfg.plugins is not None:
+        plugins = PluginSet(cfg.plugins, target=target, predict=grpc_predict(target, cfg.plugins.timeout_s))
+        readiness = AllOf(grpc_health, plugins)
+    if cfg.status_url is not None:
+        u = urlsplit(cfg.status_url)
+        liveness: Handler = HttpGetHandler(host=u.hostname or "127.0.0.1", port=u.port or 80,
+                                           path=(u.path or "") + "/healthz", scheme=u.scheme)
+    else:
+        liveness = TcpSocketHandler(host=cfg.target_host, port=cfg.target_port)
+    return {ProbeKind.STARTUP: grpc_health, ProbeKind.READINESS: readiness, ProbeKind.LIVENESS: liveness}
