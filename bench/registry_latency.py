@@ -22,12 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kazoo.client import KazooClient, KazooState  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from registry.embedded import ZooKeeperEnsemble  # noqa: E402
+from registry.embedded import ZooKeeperEnsemble, expire_session  # noqa: E402
 from registry.publisher import Publisher  # noqa: E402
 from registry.records import InstanceRecord, State  # noqa: E402
 from registry.watcher import MembershipWatcher  # noqa: E402
@@ -37,24 +36,6 @@ from registry.zk import ZkSettings, connect  # noqa: E402
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
-def expire(client: KazooClient, hosts: str) -> None:
-    lost = threading.Event()
-
-    def listener(state: str) -> bool:
-        if state == KazooState.LOST:
-            lost.set()
-            return True
-        return False
-
-    client.add_listener(listener)
-    other = KazooClient(hosts=hosts, client_id=client.client_id)
-    other.start(timeout=30)
-    other.stop()
-    other.close()
-    if not lost.wait(30):
-        raise RuntimeError("session was not expired")
 
 
 def bench_updates(hosts: str, n: int, progress: Progress) -> tuple[list[float], list[float]]:
@@ -129,7 +110,7 @@ def bench_expiry(hosts: str, n: int, progress: Progress) -> tuple[list[float], l
     task = progress.add_task("session expiry -> re-registered", total=n)
     for i in range(n):
         t0 = time.perf_counter()
-        expire(pub_client, hosts)
+        expire_session(pub_client, hosts)
         if not pub.wait_synced(30):
             raise RuntimeError("publisher did not recover")
         to_node.append(time.perf_counter() - t0)

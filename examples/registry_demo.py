@@ -20,12 +20,11 @@ import argparse
 import logging
 import random
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kazoo.client import KazooClient, KazooState
+from kazoo.client import KazooClient
 from rich.console import Console, Group
 from rich.live import Live
 from rich.logging import RichHandler
@@ -33,7 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from registry.config import ConfigSnapshot, ConfigStore, ConfigWatcher
-from registry.embedded import ZooKeeperEnsemble
+from registry.embedded import ZooKeeperEnsemble, expire_session
 from registry.membership import Protection, Snapshot
 from registry.publisher import Publisher
 from registry.records import Capacity, InstanceRecord, State
@@ -62,28 +61,6 @@ PODS = [
     Pod("cpu32-c", 8503, Capacity(cpu_cores=32), 32.0, "z2"),
     Pod("gpu-t4-d", 8504, Capacity(cpu_cores=8, gpu_model="T4", gpu_count=1), 48.0, "z2"),
 ]
-
-
-def expire_session(client: KazooClient, hosts: str, timeout: float = 30.0) -> None:
-    """Expire ``client``'s session on the server (as tests/conftest.py does): a second
-    connection attaches to the same session and closes it; the server deletes the
-    session's ephemeral nodes and the client is told LOST."""
-    lost = threading.Event()
-
-    def listener(state: str) -> bool:
-        if state == KazooState.LOST:
-            lost.set()
-            return True
-        return False
-
-    client.add_listener(listener)
-    session_id, password = client.client_id
-    other = KazooClient(hosts=hosts, client_id=(session_id, password), timeout=client._session_timeout / 1000)
-    other.start(timeout=timeout)
-    other.stop()
-    other.close()
-    if not lost.wait(timeout):
-        raise TimeoutError(f"session {session_id:#x} was not reported lost within {timeout}s")
 
 
 class View:

@@ -41,6 +41,7 @@ from typing import Any
 
 __all__ = [
     "EmbeddedZooKeeperError",
+    "expire_session",
     "Member",
     "ZooKeeperEnsemble",
     "ZooKeeperSettings",
@@ -429,6 +430,34 @@ def zookeeper_from_env(size: int = 1, settings: ZooKeeperSettings | None = None)
             f"WEISERVING_ZK_BACKEND must be 'local' or 'testcontainers', got {backend!r}"
         )
     return ZooKeeperEnsemble(size, settings=settings)
+
+
+def expire_session(client: Any, hosts: str, timeout: float = 30.0) -> None:
+    """Expire a kazoo client's session on the server, for real.
+
+    A second connection attaches to the same session id and password, then
+    closes it: the server ends the session and deletes its ephemeral nodes,
+    and the original client is told SESSION_EXPIRED and goes to LOST. Returns
+    once that client has reported LOST; ``hosts`` is the ensemble (no chroot).
+    """
+    from kazoo.client import KazooClient, KazooState
+
+    lost = threading.Event()
+
+    def listener(state: str) -> bool:
+        if state == KazooState.LOST:
+            lost.set()
+            return True
+        return False
+
+    client.add_listener(listener)
+    session_id, password = client.client_id
+    other = KazooClient(hosts=hosts, client_id=(session_id, password), timeout=client._session_timeout / 1000)
+    other.start(timeout=timeout)
+    other.stop()
+    other.close()
+    if not lost.wait(timeout):
+        raise EmbeddedZooKeeperError(f"session {session_id:#x} was not reported lost within {timeout}s")
 
 
 @contextlib.contextmanager

@@ -5,14 +5,13 @@ session expiry.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from kazoo.client import KazooClient, KazooState
+from kazoo.client import KazooClient
 
-from registry.embedded import ZooKeeperEnsemble, zookeeper_from_env
+from registry.embedded import ZooKeeperEnsemble, expire_session, zookeeper_from_env
 from registry.zk import ZkSettings, connect
 
 
@@ -71,31 +70,7 @@ def zk(make_client: Callable[..., KazooClient]) -> KazooClient:
     return make_client()
 
 
-def expire_session(client: KazooClient, hosts: str, timeout: float = 30.0) -> None:
-    """Expire ``client``'s session on the server, for real.
-
-    A second connection attaches to the same session id and password and then
-    closes it: the server ends the session and deletes its ephemeral nodes;
-    the original client is told SESSION_EXPIRED and goes to LOST.
-    """
-    lost = threading.Event()
-
-    def listener(state: str) -> bool:
-        if state == KazooState.LOST:
-            lost.set()
-            return True
-        return False
-
-    client.add_listener(listener)
-    session_id, password = client.client_id
-    other = KazooClient(hosts=hosts, client_id=(session_id, password), timeout=client._session_timeout / 1000)
-    other.start(timeout=timeout)
-    other.stop()
-    other.close()
-    if not lost.wait(timeout):
-        raise AssertionError(f"session {session_id:#x} was not reported lost within {timeout}s")
-
-
 @pytest.fixture
 def expire(zk_ensemble: ZooKeeperEnsemble) -> Callable[[KazooClient], None]:
+    """Expire a client's session on the server (see registry.embedded.expire_session)."""
     return lambda client, timeout=30.0: expire_session(client, zk_ensemble.hosts, timeout)
