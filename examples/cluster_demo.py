@@ -41,7 +41,7 @@ from rich.live import Live  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from registry.config import ConfigStore  # noqa: E402
-from registry.embedded import ZooKeeperEnsemble, free_ports  # noqa: E402
+from registry.embedded import ZooKeeperEnsemble, die_with_parent, free_ports  # noqa: E402
 from registry.publisher import Publisher  # noqa: E402
 from registry.records import Capacity, InstanceRecord, State  # noqa: E402
 from registry.zk import ZkSettings, connect  # noqa: E402
@@ -152,7 +152,7 @@ def start_pods(models: Path, n: int) -> list[tuple[subprocess.Popen, int]]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "--models", str(models), "--host", "127.0.0.1", "--port",
              str(port), "--status-port", "-1", "--version-policy", "all", "--log-level", "warning"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
         pods.append((proc, port))
     for proc, port in pods:
         try:

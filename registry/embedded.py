@@ -41,6 +41,7 @@ from typing import Any
 
 __all__ = [
     "EmbeddedZooKeeperError",
+    "die_with_parent",
     "expire_session",
     "Member",
     "ZooKeeperEnsemble",
@@ -120,7 +121,8 @@ def _mode_of(srvr_answer: str) -> str | None:
     return None
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """``preexec_fn`` for child processes: the kernel SIGKILLs them when their parent dies."""
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -349,7 +351,7 @@ class ZooKeeperEnsemble:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=m.directory,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - single call, no threads touched
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - single call, no threads touched
                 start_new_session=True,
             )
         except FileNotFoundError as e:
