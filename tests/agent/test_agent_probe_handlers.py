@@ -10,7 +10,8 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer as _ThreadingHTTPServer
 
 import grpc
 import pytest
@@ -22,6 +23,14 @@ from server_agent.probes.grpc_health import GrpcHandler
 
 SHORT = 0.3  # the timeout under test; every hang below is bounded by it
 
+
+
+
+class ThreadingHTTPServer(_ThreadingHTTPServer):
+    """The probe's client hangs up on the slow handlers on purpose; don't print their tracebacks."""
+
+    def handle_error(self, request, client_address) -> None:
+        pass
 
 def closed_port() -> int:
     """A port nothing listens on: bound, then closed (the kernel will refuse connections)."""
