@@ -230,7 +230,6 @@ def test_closed_client_refuses_calls(cluster, client_for):
 
 
 def test_hedging_answers_from_the_fast_instance_and_cancels_the_loser(cluster, client_for):
-    import random
 
     from weiclient.config import HedgingConfig
 
