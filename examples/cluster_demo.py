@@ -4,12 +4,14 @@
 
 1. an embedded ZooKeeper starts; the Wide&Deep CTR model is trained and
    exported as versions 1 and 2;
-2. three ``wei-serve`` processes (pods) load it; each is registered with a
-   capacity weight (8, 16, 32 cores' worth: 1:2:4);
+2. three pods, each a ``wei-serve`` process with a ``wei-agent`` sidecar: the
+   agents probe their servers, register them (WARMING, slow start, then
+   SERVING) and publish capacity weights (8, 16, 32 cores: 1:2:4);
 3. a ranking service's ``WeiClient`` sends 2,000-candidate calls from several
    threads; a live table shows each pod's weight, share of calls, latency;
 4. a canary: ``split ctr 1=90 2=10`` in the service config;
-5. pod-2 drains (enabled=false), then gets SIGTERM: its share falls to zero;
+5. pod-2 leaves as Kubernetes would stop it: SIGTERM to its agent (drain,
+   wait for clients and in-flight calls, deregister), then to its server;
 6. ZooKeeper is stopped: the client keeps routing on its last snapshot;
 7. a summary: calls, errors (0 expected), latency, shares against weights.
 """
@@ -33,7 +35,6 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from prometheus_client import REGISTRY  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -42,8 +43,6 @@ from rich.table import Table  # noqa: E402
 
 from registry.config import ConfigStore  # noqa: E402
 from registry.embedded import ZooKeeperEnsemble, die_with_parent, free_ports  # noqa: E402
-from registry.publisher import Publisher  # noqa: E402
-from registry.records import Capacity, InstanceRecord, State  # noqa: E402
 from registry.zk import ZkSettings, connect  # noqa: E402
 from weiclient import ClientConfig, WeiClient  # noqa: E402
 from weiclient.errors import WeiClientError  # noqa: E402
@@ -145,21 +144,37 @@ def step(live: Live, client: WeiClient, traffic: Traffic, name: str, seconds: fl
     return {ep: now.get(ep, 0) - since.get(ep, 0) for ep in now}
 
 
-def start_pods(models: Path, n: int) -> list[tuple[subprocess.Popen, int]]:
-    pods = []
-    for _ in range(n):
-        port = free_ports(1)[0]
-        proc = subprocess.Popen(
+class Pod:
+    """A wei-serve process and its wei-agent sidecar."""
+
+    def __init__(self, index: int, models: Path, zk_hosts: str, cores: int, fast: bool) -> None:
+        self.index = index
+        self.port, self.status_port, self.agent_port = free_ports(3)
+        self.server = subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "--models", str(models), "--host", "127.0.0.1", "--port",
-             str(port), "--status-port", "-1", "--version-policy", "all", "--log-level", "warning"],
+             str(self.port), "--status-port", str(self.status_port), "--version-policy", "all",
+             "--log-level", "warning"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
-        pods.append((proc, port))
-    for proc, port in pods:
-        try:
-            grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=120)
-        except grpc.FutureTimeoutError:
-            raise SystemExit(f"demo: wei-serve on port {port} did not start: {proc.stderr.read()[-2000:]}") from None
-    return pods
+        self.agent = subprocess.Popen(
+            [sys.executable, "-m", "server_agent.cli", "run", "--zk", zk_hosts, "--service", SERVICE,
+             "--target", f"127.0.0.1:{self.port}", "--status-url", f"http://127.0.0.1:{self.status_port}",
+             "--http-port", str(self.agent_port), "--instance-id", f"pod-{index}", "--cpu-cores", str(cores),
+             "--ramp-s", "2" if fast else "8", "--drain-wait-s", "1", "--startup-period-s", "0.5",
+             "--readiness-period-s", "0.5", "--status-poll-s", "0.5", "--session-timeout-s", "4",
+             "--log-level", "warning"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+
+    def stop_gracefully(self) -> None:
+        """The preStop order: the agent drains and deregisters, then the server stops."""
+        self.agent.send_signal(signal.SIGTERM)
+        self.agent.wait(timeout=60)
+        self.server.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        for proc in (self.agent, self.server):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
 
 
 def main() -> int:
@@ -170,41 +185,34 @@ def main() -> int:
     rows, threads = (200, 2) if args.fast else (2000, 4)
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # the outage step is meant to fail its reconnects
     work = Path(tempfile.mkdtemp(prefix="wei-demo-"))
-    pods: list[tuple[subprocess.Popen, int]] = []
     with console.status("training and exporting the Wide&Deep CTR model (versions 1 and 2) ..."):
         from examples.ctr_widedeep import widedeep
         for version in (1, 2):
             widedeep.export(work / "models" / "ctr", version, steps=20 if args.fast else 100)
     zk = ZooKeeperEnsemble(1).start()
+    pods: list[Pod] = []
     try:
-        console.print(f"ZooKeeper {zk.hosts}; starting {len(CORES)} wei-serve pods ...")
-        pods = start_pods(work / "models", len(CORES))
+        console.print(f"ZooKeeper {zk.hosts}; starting {len(CORES)} pods (wei-serve + wei-agent) ...")
+        pods = [Pod(i, work / "models", zk.hosts, cores, args.fast) for i, cores in enumerate(CORES)]
         admin = connect(ZkSettings(hosts=zk.hosts, session_timeout_s=4.0))
-        pubs = []
-        for i, ((_, port), cores) in enumerate(zip(pods, CORES, strict=True)):
-            pub = Publisher(admin, InstanceRecord(
-                service=SERVICE, id=f"pod-{i}", address="127.0.0.1", port=port, weight=float(cores),
-                state=State.SERVING, capacity=Capacity(cpu_cores=cores), models={"ctr": [1, 2]}))
-            pub.register()
-            pubs.append(pub)
         client = WeiClient(zk.hosts, SERVICE, config=ClientConfig(timeout_s=5.0, zk_session_timeout_s=4.0))
-        client._watcher.wait_for(lambda s: len(s.routable()) == len(CORES))
+        with console.status("waiting for the agents to register their pods (startup and readiness probes) ..."):
+            try:
+                client._watcher.wait_for(lambda s: len(s.routable()) == len(CORES), timeout=180)
+            except TimeoutError:
+                errors = "".join(p.agent.stderr.read()[-800:] for p in pods if p.agent.poll() is not None)
+                raise SystemExit(f"demo: the pods did not register: {errors}") from None
         traffic = Traffic(client, rows, threads).start()
         with Live(console=console, refresh_per_second=4, transient=False) as live:
-            shares = step(live, client, traffic, f"1. {rows}-candidate calls, weights 8:16:32", secs)
+            shares = step(live, client, traffic, f"1. {rows}-candidate calls; agents ramp weights 8:16:32", secs * 1.5)
+            weights = {r.id: r.weight for r in client.snapshot.instances.values()}
             step(live, client, traffic, "2. canary: split ctr 1=90 2=10", secs,
                  lambda: ConfigStore(admin).set_split(SERVICE, "ctr", {1: 90, 2: 10}))
-
-            def drain() -> None:
-                pubs[2].drain()
-
-            drained = step(live, client, traffic, "3. pod-2 drains (enabled=false)", secs, drain)
-
-            def sigterm() -> None:
-                pods[2][0].send_signal(signal.SIGTERM)
-
-            step(live, client, traffic, "4. pod-2 gets SIGTERM after draining", secs / 2, sigterm)
-            outage = step(live, client, traffic, "5. ZooKeeper stopped: routing on the last snapshot", secs,
+            leaving = threading.Thread(target=pods[2].stop_gracefully, daemon=True)
+            drained = step(live, client, traffic, "3. pod-2: SIGTERM to its agent (drain, deregister), then its server",
+                           secs, leaving.start)
+            leaving.join(timeout=60)
+            outage = step(live, client, traffic, "4. ZooKeeper stopped: routing on the last snapshot", secs,
                           zk.stop_all_members)
             stale_for = client.stats().staleness_s
         traffic.stop()
@@ -213,13 +221,15 @@ def main() -> int:
         admin.close()
         lat = sorted(traffic.latencies)
         total = sum(shares.values()) or 1
-        by_port = {f"127.0.0.1:{p}": f"pod-{i}" for i, (_, p) in enumerate(pods)}
+        by_port = {f"127.0.0.1:{p.port}": f"pod-{p.index}" for p in pods}
         share_text = ", ".join(f"{by_port.get(ep, ep)} {100 * n / total:.0f}%" for ep, n in sorted(shares.items()))
-        pod2 = drained.get(f"127.0.0.1:{pods[2][1]}", 0)
-        console.print(f"weights 8:16:32 (14/29/57 %) -> shares in step 1: {share_text}")
+        pod2 = drained.get(f"127.0.0.1:{pods[2].port}", 0)
+        published = ", ".join(f"{i} {w:g}" for i, w in sorted(weights.items()))
+        console.print(f"weights published by the agents after step 1: {published}; shares in step 1: {share_text}")
         console.print("  (P2C draws by weight, then prefers the pod with the lower measured latency x load;\n"
                       "   here all three pods share one machine, so what they really differ in is measured latency)")
-        console.print(f"calls to pod-2 while it drained: {pod2:.0f} (in flight when the drain landed)")
+        console.print(f"pod-2 left by the preStop path (agent exit code {pods[2].agent.returncode}); "
+                      f"calls it answered during step 3: {pod2:.0f}")
         console.print(f"ZooKeeper down: {sum(outage.values()):.0f} calls served on a snapshot stale for "
                       f"{stale_for:.1f}s")
         console.print(f"demo {'ok' if not traffic.errors else 'FAILED'}: {traffic.calls} calls, "
@@ -229,14 +239,8 @@ def main() -> int:
             console.print(f"  error: {e}")
         return 0 if not traffic.errors else 1
     finally:
-        for proc, _ in pods:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc, _ in pods:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for pod in pods:  # ZooKeeper is gone by now: no deregistration to wait for
+            pod.kill()
         zk.stop()
 
 

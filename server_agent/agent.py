@@ -242,7 +242,17 @@ class Agent:
     def _apply(self, now: float, polled: bool) -> None:
         engine, ctl = self._engine, self._ctl
         assert engine is not None and ctl is not None
-        t = self._life.step(routable=engine.snapshot().routable, ramping=ctl.ramp(now) < 1.0, why=self._why())
+        routable = engine.snapshot().routable
+        why = self._why()
+        if routable and not self._life.phase.registered and self.config.status_url is not None:
+            # The record must name the models the server has loaded: a record without them
+            # is one no client may route to. Read them now rather than at the next poll.
+            if not (self._reading is not None and self._reading.models):
+                self._poll(now)
+                polled = True
+            if not (self._reading is not None and self._reading.models):
+                routable, why = False, "the server's status lists no loaded model yet"
+        t = self._life.step(routable=routable, ramping=ctl.ramp(now) < 1.0, why=why)
         if t is not None:
             self._transition(t, now)
         elif polled and self._life.phase.routable and self._publisher is not None:
