@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import Counter
@@ -42,6 +43,7 @@ from registry.zk import connect
 
 from .agent_config import AgentConfig
 from .capacity import CapacityReport, detect_capacity
+from .k8s import pod_info_from_api, pod_info_from_env
 from .lifecycle import Lifecycle, Move, Phase, Transition
 from .probes import EngineStatus, ProbeEngine, ProbeKind, ProbeState
 from .probes.result import Handler
@@ -124,7 +126,12 @@ class Agent:
                 return self
             cfg = self.config
             if self._capacity is None:
-                self._capacity = detect_capacity(prefer_pod_limit=True)  # a sidecar: the server's limit, not ours
+                # In a cluster the API knows the pod's limits and node (it needs RBAC to read
+                # pods); outside one, or without that right, the downward-API environment.
+                pod, note = pod_info_from_api(os.environ, pod_info_from_env(os.environ),
+                                              container=os.environ.get("WEI_SERVER_CONTAINER", "model-server"))
+                log.info("agent %s: %s", cfg.instance_id, note)
+                self._capacity = detect_capacity(pod=pod, prefer_pod_limit=True)  # the server's limit, not ours
             now = self._clock()
             self._engine = ProbeEngine(started_at=now, startup=cfg.startup, readiness=cfg.readiness,
                                        liveness=cfg.liveness)
