@@ -170,23 +170,33 @@ class Transport:
         attempt = Attempt(ep.address, name, message, measured)
         raise (_Retryable if code in RETRYABLE else _Failed)(attempt)
 
+    # -- one attempt, shared ------------------------------------------------------
+
+    def _begin_attempt(self, plan: Plan) -> tuple[Endpoint, float]:
+        """The endpoint for this attempt and the time left, or DeadlineExceeded."""
+        now = self._clock()
+        remaining = plan.deadline - now
+        if remaining <= 0:
+            raise DeadlineExceeded("the deadline passed", tuple(plan.attempts))
+        return self.pick(plan, now), remaining
+
+    def _begin(self, ep: Endpoint, plan: Plan, pool: ChannelPool | AioChannelPool) -> tuple[Any, bool]:
+        """Account a call to ``ep``: (its connection, whether the call opens the channel)."""
+        self._balancer().on_start(ep, self._clock())
+        plan.tried.add(ep)
+        return pool.get(ep.address), pool.first_call(ep.address)
+
     # -- sync ----------------------------------------------------------------------
 
     def _send(self, ep: Endpoint, plan: Plan, timeout: float) -> tuple[Endpoint, float, Any, bool]:
-        self._balancer().on_start(ep, self._clock())
-        plan.tried.add(ep)
-        conn = self.pool.get(ep.address)
-        fresh = self.pool.first_call(ep.address)
+        conn, fresh = self._begin(ep, plan, self.pool)
         fut = conn.predict.future(plan.payload, timeout=timeout)
         return ep, self._clock(), fut, fresh
 
     def _blocking(self, ep: Endpoint, plan: Plan, timeout: float) -> wire.PredictResponse:
         """No hedge possible: a blocking call on the caller's thread (futures complete on
         another thread, which costs a handoff on every call)."""
-        self._balancer().on_start(ep, self._clock())
-        plan.tried.add(ep)
-        conn = self.pool.get(ep.address)
-        fresh = self.pool.first_call(ep.address)
+        conn, fresh = self._begin(ep, plan, self.pool)
         t0 = self._clock()
         try:
             body, call = conn.predict.with_call(plan.payload, timeout=timeout)
@@ -206,11 +216,7 @@ class Transport:
         return self._done(ep, t0, body, None, fut.trailing_metadata(), fresh=fresh)
 
     def attempt(self, plan: Plan) -> wire.PredictResponse:
-        now = self._clock()
-        remaining = plan.deadline - now
-        if remaining <= 0:
-            raise DeadlineExceeded("the deadline passed", tuple(plan.attempts))
-        ep = self.pick(plan, now)
+        ep, remaining = self._begin_attempt(plan)
         delay = self._hedge_delay(remaining)
         if delay is None:
             return self._blocking(ep, plan, remaining)
@@ -269,10 +275,7 @@ class Transport:
 
         The fast path builds no retry machinery: almost every call succeeds at once.
         """
-        now = self._clock()
-        self.budget.deposit(now)
-        if self._hedging:
-            self.hedge_budget.deposit(now)
+        self._deposit()
         try:
             try:
                 return self.attempt(plan)
@@ -281,27 +284,18 @@ class Transport:
             for attempt in tenacity.Retrying(**self._retry_kwargs(plan), sleep=self._sleep):
                 with attempt:
                     return self.attempt(plan)
-        except _Failed as e:
-            plan.attempts.append(e.attempt)
-            raise self._give_up(plan, retryable=isinstance(e, _Retryable)) from None
-        except NoEndpointAvailable as e:
-            if not plan.attempts:
-                raise
-            raise RequestFailed(f"no other instance to retry on ({e.why.value})", tuple(plan.attempts)) from e
+        except (_Failed, NoEndpointAvailable) as e:
+            raise self._final_error(plan, e)  # noqa: B904 - _final_error sets the cause
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- async ---------------------------------------------------------------------
 
     async def aattempt(self, plan: Plan) -> wire.PredictResponse:
-        now = self._clock()
-        remaining = plan.deadline - now
-        if remaining <= 0:
-            raise DeadlineExceeded("the deadline passed", tuple(plan.attempts))
-        ep = self.pick(plan, now)
-        primary = asyncio.ensure_future(self._aflight(ep, plan, remaining))
+        ep, remaining = self._begin_attempt(plan)
         delay = self._hedge_delay(remaining)
-        if delay is None:
-            return await primary
+        if delay is None:  # no hedge can follow: await the call itself, no Task
+            return await self._aflight(ep, plan, remaining)
+        primary = asyncio.ensure_future(self._aflight(ep, plan, remaining))
         done, _ = await asyncio.wait({primary}, timeout=delay)
         if done or not self.hedge_budget.try_withdraw(self._clock()):
             return await primary
@@ -331,11 +325,8 @@ class Transport:
     async def _aflight(self, ep: Endpoint, plan: Plan, timeout: float) -> wire.PredictResponse:
         if self.aio_pool is None:
             self.aio_pool = AioChannelPool(self.config.channel)
-        self._balancer().on_start(ep, self._clock())
-        plan.tried.add(ep)
+        conn, fresh = self._begin(ep, plan, self.aio_pool)
         t0 = self._clock()
-        conn = self.aio_pool.get(ep.address)
-        fresh = self.aio_pool.first_call(ep.address)
         call = conn.predict(plan.payload, timeout=timeout)
         try:
             body = await call
@@ -348,10 +339,7 @@ class Transport:
         return self._done(ep, t0, body, None, await call.trailing_metadata(), fresh=fresh)
 
     async def acall(self, plan: Plan) -> wire.PredictResponse:
-        now = self._clock()
-        self.budget.deposit(now)
-        if self._hedging:
-            self.hedge_budget.deposit(now)
+        self._deposit()
         try:
             try:
                 return await self.aattempt(plan)
@@ -360,16 +348,30 @@ class Transport:
             async for attempt in tenacity.AsyncRetrying(**self._retry_kwargs(plan), sleep=asyncio.sleep):
                 with attempt:
                     return await self.aattempt(plan)
-        except _Failed as e:
-            plan.attempts.append(e.attempt)
-            raise self._give_up(plan, retryable=isinstance(e, _Retryable)) from None
-        except NoEndpointAvailable as e:
-            if not plan.attempts:
-                raise
-            raise RequestFailed(f"no other instance to retry on ({e.why.value})", tuple(plan.attempts)) from e
+        except (_Failed, NoEndpointAvailable) as e:
+            raise self._final_error(plan, e)  # noqa: B904 - _final_error sets the cause
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- retry policy, shared ----------------------------------------------------------
+
+    def _deposit(self) -> None:
+        now = self._clock()
+        self.budget.deposit(now)
+        if self._hedging:
+            self.hedge_budget.deposit(now)
+
+    def _final_error(self, plan: Plan, e: _Failed | NoEndpointAvailable) -> BaseException:
+        """What the caller gets once the retry loop ended on ``e`` (its cause set here)."""
+        if isinstance(e, _Failed):
+            plan.attempts.append(e.attempt)
+            err: BaseException = self._give_up(plan, retryable=isinstance(e, _Retryable))
+            err.__cause__, err.__suppress_context__ = None, True
+            return err
+        if not plan.attempts:
+            return e  # nothing was tried: the balancer's own answer says why
+        err = RequestFailed(f"no other instance to retry on ({e.why.value})", tuple(plan.attempts))
+        err.__cause__ = e
+        return err
 
     def _should_stop(self, plan: Plan, made: int) -> bool:
         """Checked in order, so the budget is only spent on a retry that happens."""
