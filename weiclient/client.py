@@ -16,8 +16,9 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,82 +139,66 @@ class WeiClient:
         scatter the rows over several instances (None: above
         ``ScatterConfig.auto_rows``). Output arrays are read-only views.
         """
-        return self._measure(model, lambda deadline: self._predict(model, inputs, version, outputs, deadline,
-                                                                    key, split), timeout)
+        with self._metered(model):
+            plans, shards = self._plans(model, inputs, version, outputs, self._deadline(timeout), key, split)
+            if shards is None:
+                return _single_outputs(self._transport.call(plans[0]), model)
+            pool = self._scatter_executor()
+            futures = [pool.submit(self._transport.call, p) for p in plans[1:]]
+            first = self._transport.call(plans[0])  # the caller's thread takes one shard itself
+            return _concat(model, shards, [_single_outputs(p, model) for p in [first] + [f.result() for f in futures]])
 
     def predict_many(self, models: Mapping[str, int | None], inputs: Mapping[str, Any], *,
                      outputs: list[str] | None = None, timeout: float | None = None,
                      key: object = None) -> dict[str, Outputs]:
         """Several models on the same inputs in one request (one feature pass, many models)."""
-        plan = self._many_plan(models, inputs, outputs, timeout, key)
-        label = "+".join(models)
-        return self._measure(label, lambda _d: _many_outputs(self._transport.call(plan)), timeout)
+        with self._metered("+".join(models)):
+            return _many_outputs(self._transport.call(self._many_plan(models, inputs, outputs, timeout, key)))
 
     async def apredict(self, model: str, inputs: Mapping[str, Any], *, version: int | None = None,
                        outputs: list[str] | None = None, timeout: float | None = None, key: object = None,
                        split: bool | None = None) -> Outputs:
-        self._check_open()
-        t0 = self._clock()
-        deadline = t0 + (timeout if timeout is not None else self.config.timeout_s)
-        try:
-            version = self._resolve_version(model, version, key)
-            rows = _rows(inputs) if split is not False else 0
-            shards = self._shards(model, version, rows, split)
+        with self._metered(model):
+            plans, shards = self._plans(model, inputs, version, outputs, self._deadline(timeout), key, split)
             if shards is None:
-                plan = self._plan(model, version, inputs, outputs, deadline, key)
-                result = _single_outputs(await self._transport.acall(plan), model)
-            else:
-                plans = [self._plan(model, version, _slice(inputs, sh.slice), outputs, deadline, key, sh.endpoint)
-                         for sh in shards]
-                parts = await asyncio.gather(*(self._transport.acall(p) for p in plans))
-                result = _concat(model, shards, [_single_outputs(p, model) for p in parts])
-        except WeiClientError as e:
-            self._metrics.request(model, type(e).__name__, self._clock() - t0)
-            raise
-        self._metrics.request(model, "ok", self._clock() - t0)
-        return result
+                return _single_outputs(await self._transport.acall(plans[0]), model)
+            parts = await asyncio.gather(*(self._transport.acall(p) for p in plans))
+            return _concat(model, shards, [_single_outputs(p, model) for p in parts])
 
     async def apredict_many(self, models: Mapping[str, int | None], inputs: Mapping[str, Any], *,
                             outputs: list[str] | None = None, timeout: float | None = None,
                             key: object = None) -> dict[str, Outputs]:
-        t0 = self._clock()
-        try:
-            plan = self._many_plan(models, inputs, outputs, timeout, key)
-            result = _many_outputs(await self._transport.acall(plan))
-        except WeiClientError as e:
-            self._metrics.request("+".join(models), type(e).__name__, self._clock() - t0)
-            raise
-        self._metrics.request("+".join(models), "ok", self._clock() - t0)
-        return result
+        with self._metered("+".join(models)):
+            return _many_outputs(await self._transport.acall(self._many_plan(models, inputs, outputs, timeout, key)))
 
     # -- building calls --------------------------------------------------------------------
 
-    def _measure(self, label: str, fn: Callable[[float], Any], timeout: float | None) -> Any:
+    @contextmanager
+    def _metered(self, label: str) -> Iterator[None]:
+        """Refuse calls on a closed client; count each call's outcome and latency."""
         self._check_open()
         t0 = self._clock()
         try:
-            result = fn(t0 + (timeout if timeout is not None else self.config.timeout_s))
+            yield
         except WeiClientError as e:
             self._metrics.request(label, type(e).__name__, self._clock() - t0)
             raise
         self._metrics.request(label, "ok", self._clock() - t0)
-        return result
 
-    def _predict(self, model: str, inputs: Mapping[str, Any], version: int | None, outputs: list[str] | None,
-                 deadline: float, key: object, split: bool | None) -> Outputs:
+    def _deadline(self, timeout: float | None) -> float:
+        return self._clock() + (timeout if timeout is not None else self.config.timeout_s)
+
+    def _plans(self, model: str, inputs: Mapping[str, Any], version: int | None, outputs: list[str] | None,
+               deadline: float, key: object, split: bool | None) -> tuple[list[Plan], Any]:
+        """One plan, or one per shard (then with the shards, all at the same version)."""
         version = self._resolve_version(model, version, key)
         rows = _rows(inputs) if split is not False else 0
-        shards = self._shards(model, version, rows, split)
-        if shards is None:
-            return _single_outputs(self._transport.call(self._plan(model, version, inputs, outputs, deadline, key)),
-                                   model)
-        plans = [self._plan(model, version, _slice(inputs, sh.slice), outputs, deadline, key, sh.endpoint)
-                 for sh in shards]
-        pool = self._scatter_executor()
-        futures = [pool.submit(self._transport.call, p) for p in plans[1:]]
-        first = self._transport.call(plans[0])  # the caller's thread takes one shard itself
-        parts = [first] + [f.result() for f in futures]
-        return _concat(model, shards, [_single_outputs(p, model) for p in parts])
+        scattered = self._shards(model, version, rows, split)
+        if scattered is None:
+            return [self._plan(model, version, inputs, outputs, deadline, key)], None
+        version, shards = scattered
+        return [self._plan(model, version, _slice(inputs, sh.slice), outputs, deadline, key, sh.endpoint)
+                for sh in shards], shards
 
     def _resolve_version(self, model: str, version: int | None, key: object) -> int | None:
         if key is not None and not isinstance(key, str | bytes | int) or isinstance(key, bool):
@@ -226,17 +211,19 @@ class WeiClient:
         return self._service_config.pick_version(model, u)
 
     def _shards(self, model: str, version: int | None, rows: int, split: bool | None) -> Any:
+        """(version, shards) when the call is scattered, else None. Every shard runs the
+        same version: without one asked for, the newest one served is pinned."""
         sc = self.config.scatter
         if not split and not (split is None and rows >= sc.auto_rows):
             return None
         if rows < 2:
             return None
-        if version is None:  # every shard must run the same version: pin the newest one served
+        if version is None:
             hosted = [max(r.models[model]) for r in self._watcher.snapshot.routable(model) if r.models[model]]
             version = max(hosted) if hosted else None
         max_shards = max(1, min(sc.max_shards, rows // sc.min_shard_rows))
         shards = self._balancer.scatter(model, version, rows, max_shards=max_shards, now=self._clock())
-        return shards if len(shards) > 1 else None
+        return (version, shards) if len(shards) > 1 else None
 
     def _plan(self, model: str, version: int | None, inputs: Mapping[str, Any], outputs: list[str] | None,
               deadline: float, key: object, first: Any = None) -> Plan:
@@ -246,12 +233,11 @@ class WeiClient:
 
     def _many_plan(self, models: Mapping[str, int | None], inputs: Mapping[str, Any],
                    outputs: list[str] | None, timeout: float | None, key: object) -> Plan:
-        self._check_open()
         if not models:
             raise InvalidInput("predict_many needs at least one model")
         resolved = {m: self._resolve_version(m, v, key) for m, v in models.items()}
         first, *rest = resolved
-        deadline = self._clock() + (timeout if timeout is not None else self.config.timeout_s)
+        deadline = self._deadline(timeout)
         payload = _encode(wire.PredictRequest(models=resolved, inputs=_arrays(inputs), outputs=outputs))
         return Plan(model=first, version=resolved[first], payload=payload, deadline=deadline, key=key,
                     also={m: resolved[m] for m in rest})
