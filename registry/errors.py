@@ -15,11 +15,11 @@ class RegistryError(Exception):
     """Root of every error this package raises on purpose."""
 
 
-class RecordError(RegistryError, ValueError):
-    """A record, payload or service config is invalid.
-
-    ``field`` names what is wrong and ``expected`` what would have been right.
-    """
+class FieldError(ValueError):
+    """A value is invalid: ``field`` names it, ``expected`` says what would be right,
+    ``got`` is what came. Each package's own error (RecordError here,
+    ``weiclient.errors.InvalidBalancerConfig``, ``server_agent.errors.ConfigError``)
+    derives from it and from that package's root."""
 
     def __init__(self, field: str, expected: str, got: object = None) -> None:
         self.field = field
@@ -29,6 +29,10 @@ class RecordError(RegistryError, ValueError):
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"{field}: expected {expected}, got {shown}")
+
+
+class RecordError(RegistryError, FieldError):
+    """A record, payload or service config is invalid."""
 
 
 class ZooKeeperUnavailable(RegistryError):

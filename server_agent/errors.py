@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from registry.errors import FieldError
+
 __all__ = ["AgentError", "CalibrationError", "ConfigError"]
 
 
@@ -21,17 +23,8 @@ class AgentError(Exception):
     """Root of every error this package raises on purpose."""
 
 
-class ConfigError(AgentError, ValueError):
+class ConfigError(AgentError, FieldError):
     """A configuration value is invalid: ``field`` is wrong, ``expected`` is what would be right."""
-
-    def __init__(self, field: str, expected: str, got: object = None) -> None:
-        self.field = field
-        self.expected = expected
-        self.got = got
-        shown = repr(got)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        super().__init__(f"{field}: expected {expected}, got {shown}")
 
 
 class CalibrationError(AgentError):

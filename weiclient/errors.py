@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from registry.errors import FieldError
+
 __all__ = [
     "Attempt", "ClientClosed", "DeadlineExceeded", "InvalidBalancerConfig", "InvalidInput", "ModelNotFound",
     "NoEndpointAvailable", "RequestError", "RequestFailed", "Unavailable", "WeiClientError",
@@ -52,17 +54,8 @@ class NoEndpointAvailable(WeiClientError):
         super().__init__(f"no endpoint for {target}: {why.value}{extra}")
 
 
-class InvalidBalancerConfig(WeiClientError, ValueError):
+class InvalidBalancerConfig(WeiClientError, FieldError):
     """A balancer policy name or knob is invalid; ``expected`` says what would be right."""
-
-    def __init__(self, field: str, expected: str, got: object = None) -> None:
-        self.field = field
-        self.expected = expected
-        self.got = got
-        shown = repr(got)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        super().__init__(f"{field}: expected {expected}, got {shown}")
 
 
 class ClientClosed(WeiClientError):
