@@ -39,13 +39,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any
 
-from ._proc import first_line, run_bounded
 from .config import PluginConfig
+from .probes.handlers import ExecHandler
 from .probes.result import ProbeResult, Timer
 
 __all__ = ["ExecutablePlugin", "Plugin", "PluginContext", "PluginSet", "PythonPlugin", "discover"]
@@ -158,16 +158,11 @@ class ExecutablePlugin:
         self._clock = clock
 
     def check(self, ctx: PluginContext) -> ProbeResult:
-        timer = Timer(self._clock)
+        """The exec probe handler runs it; a failure's reason names the plugin."""
         env = {**os.environ, "WEI_TARGET": ctx.target, "WEI_TIMEOUT": f"{ctx.timeout:g}"}
         env.update({f"WEI_PLUGIN_{k.upper()}": v for k, v in ctx.params.items()})
-        done = run_bounded([str(self.path)], ctx.timeout, env=env, cwd=str(self.path.parent))
-        if done.returncode is None:
-            return timer.fail(f"plugin {self.name}: {done.error}")
-        line = first_line(done.stdout, done.stderr)
-        if done.returncode == 0:
-            return timer.ok(line)
-        return timer.fail(f"plugin {self.name}: exit {done.returncode}" + (f": {line}" if line else ""))
+        result = ExecHandler([str(self.path)], env=env, cwd=str(self.path.parent), clock=self._clock).check(ctx.timeout)
+        return result if result.ok else replace(result, reason=f"plugin {self.name}: {result.reason}")
 
     def __repr__(self) -> str:
         return f"<ExecutablePlugin {self.path}>"
