@@ -35,7 +35,7 @@ from rich.text import Text
 from .config import ConfigStore, ServiceConfig, config_to_json
 from .errors import RecordError, RegistryError, ServiceNotFound
 from .membership import Snapshot
-from .records import InstanceRecord, check_name, decode_instance, instance_to_json
+from .records import InstanceRecord, check_name, decode_member, instance_to_json
 from .watcher import MembershipWatcher
 from .zk import RegistryPaths, ZkSettings, connect
 
@@ -130,9 +130,7 @@ def read_members(client: KazooClient, paths: RegistryPaths,
         except NoNodeError:
             continue  # left between the listing and the read
         try:
-            rec = decode_instance(data)
-            if rec.id != child or rec.service != service:  # as the watcher: a node names itself
-                raise RecordError("id/name", f"{child!r}/{service!r}", f"{rec.id!r}/{rec.service!r}")
+            rec = decode_member(data, service=service, node=child)
         except RecordError as e:
             rejected[child] = str(e)
             continue

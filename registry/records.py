@@ -40,6 +40,7 @@ __all__ = [
     "InstanceRecord",
     "State",
     "decode_instance",
+    "decode_member",
     "encode_instance",
     "instance_from_json",
     "instance_to_json",
@@ -336,3 +337,14 @@ def decode_instance(data: bytes | None) -> InstanceRecord:
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise RecordError("record", "UTF-8 JSON", f"{type(e).__name__}: {e}") from None
     return instance_from_json(obj)
+
+
+def decode_member(data: bytes | None, *, service: str, node: str) -> InstanceRecord:
+    """Parse the node ``{service}/{node}``: a valid record that names that service and id.
+
+    A record under another node's name (a copy, an impostor) is refused like garbage.
+    """
+    rec = decode_instance(data)
+    if rec.id != node or rec.service != service:
+        raise RecordError("id/name", f"id {node!r} and name {service!r}", f"{rec.id!r}/{rec.service!r}")
+    return rec

@@ -40,7 +40,7 @@ from kazoo.protocol.states import WatchedEvent
 from ._loop import WatchLoop
 from .errors import RecordError
 from .membership import MembershipReducer, Observation, Protection, ReducerState, Snapshot
-from .records import InstanceRecord, decode_instance, instance_from_json, instance_to_json
+from .records import InstanceRecord, decode_member, instance_from_json, instance_to_json
 from .zk import RegistryPaths
 
 __all__ = ["MembershipWatcher", "WatcherConfig", "load_snapshot_file", "write_snapshot_file"]
@@ -209,10 +209,7 @@ class MembershipWatcher(WatchLoop):
                 self._forget(child)
                 continue
             try:
-                rec = decode_instance(data)
-                if rec.id != child or rec.service != self.service:
-                    raise RecordError("id/name", f"id {child!r} and name {self.service!r}",
-                                      f"{rec.id!r}/{rec.service!r}")
+                rec = decode_member(data, service=self.service, node=child)
             except RecordError as e:
                 self._members.pop(child, None)
                 if self._rejected.get(child) != str(e):
