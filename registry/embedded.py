@@ -34,7 +34,6 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -460,9 +459,3 @@ def expire_session(client: Any, hosts: str, timeout: float = 30.0) -> None:
     other.close()
     if not lost.wait(timeout):
         raise EmbeddedZooKeeperError(f"session {session_id:#x} was not reported lost within {timeout}s")
-
-
-@contextlib.contextmanager
-def running_ensemble(size: int = 1, **kw: object) -> Iterator[ZooKeeperEnsemble]:
-    with ZooKeeperEnsemble(size, settings=ZooKeeperSettings(**kw)) as zk:  # type: ignore[arg-type]
-        yield zk

@@ -67,10 +67,6 @@ class Health:
     errors: float = 1.0
     ready: bool = True
 
-    @property
-    def combined(self) -> float:
-        return self.latency * self.queue * self.errors if self.ready else 0.0
-
 
 @dataclass(frozen=True, slots=True)
 class Decision:
