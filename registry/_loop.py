@@ -6,8 +6,11 @@ client. Here both only put an item on a queue. The worker drains the queue
 in batches (so a burst of N events costs one reduce, not N), does the
 ZooKeeper reads, re-arms the one-shot watches, and publishes.
 
-Subclasses implement :meth:`_boot`, :meth:`_connected`, :meth:`_disconnected`,
-:meth:`_events` and :meth:`_tick`; all run on the worker thread only.
+Subclasses implement :meth:`_current` (the snapshot they publish) and the
+worker hooks :meth:`_boot`, :meth:`_connected`, :meth:`_disconnected`,
+:meth:`_events` and :meth:`_tick`, which run on the worker thread only. The
+shell gives every watcher the same reading side: ``snapshot``, ``subscribe``
+and ``wait_for``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, ZookeeperError
@@ -26,10 +29,11 @@ from kazoo.protocol.states import WatchedEvent
 log = logging.getLogger(__name__)
 
 _STOP = object()
+S = TypeVar("S")
 ZK_ERRORS = (KazooException, ZookeeperError, OSError)
 
 
-class WatchLoop:
+class WatchLoop(Generic[S]):
     def __init__(self, client: KazooClient, *, name: str, clock: Callable[[], float] = time.time,
                  retry_delay_s: float = 0.2, max_retry_delay_s: float = 5.0) -> None:
         self._client = client
@@ -43,9 +47,45 @@ class WatchLoop:
         self._delay = retry_delay_s
         self._retry_at: float | None = None
         self._need_resync = False
+        self._cond = threading.Condition()  # notified whenever the snapshot changes
+        self._subscribers: list[Callable[[S], None]] = []
         self.resyncs = 0
         self.errors = 0
         self.last_error = ""
+
+    # -- the reading side, for any thread ---------------------------------------------
+
+    @property
+    def snapshot(self) -> S:
+        """The current snapshot: a plain attribute read, no I/O, safe from any thread."""
+        return self._current()
+
+    def subscribe(self, fn: Callable[[S], None]) -> Callable[[], None]:
+        """Call ``fn(snapshot)`` on each new version (on the watcher thread; keep it quick)."""
+        self._subscribers.append(fn)
+        return lambda: self._subscribers.remove(fn)
+
+    def wait_for(self, predicate: Callable[[S], bool], timeout: float | None = 10.0) -> S:
+        """Block until the snapshot satisfies ``predicate``; TimeoutError says what was seen."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self._current()), timeout):
+                raise TimeoutError(f"{self._name}: condition not met within {timeout}s; "
+                                   f"last: {self._describe(self._current())}")
+            return self._current()
+
+    def _current(self) -> S:
+        raise NotImplementedError
+
+    def _describe(self, snap: S) -> str:
+        return repr(snap)
+
+    def _notify(self, snap: S) -> None:
+        """Hand a new version to the subscribers; one that raises is logged, the rest still run."""
+        for fn in list(self._subscribers):
+            try:
+                fn(snap)
+            except Exception:
+                log.exception("%s: subscriber %r failed", self._name, fn)
 
     # -- lifecycle -------------------------------------------------------------
 

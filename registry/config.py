@@ -19,7 +19,6 @@ import bisect
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -241,20 +240,14 @@ class ConfigSnapshot:
     stale_since: float | None = None
 
 
-class ConfigWatcher(WatchLoop):
+class ConfigWatcher(WatchLoop[ConfigSnapshot]):
     def __init__(self, client: KazooClient, service: str, *, paths: RegistryPaths | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(client, name=f"wei-config-{service}", clock=clock)
         self.service = service
         self._path = (paths or RegistryPaths()).config(service)
         self._snap = ConfigSnapshot(service=service)
-        self._cond = threading.Condition()
-        self._subscribers: list[Callable[[ConfigSnapshot], None]] = []
         self.rejected_total = 0
-
-    @property
-    def snapshot(self) -> ConfigSnapshot:
-        return self._snap
 
     @property
     def config(self) -> ServiceConfig:
@@ -270,16 +263,11 @@ class ConfigWatcher(WatchLoop):
     def close(self) -> None:
         self._stop_loop()
 
-    def subscribe(self, fn: Callable[[ConfigSnapshot], None]) -> Callable[[], None]:
-        self._subscribers.append(fn)
-        return lambda: self._subscribers.remove(fn)
+    def _current(self) -> ConfigSnapshot:
+        return self._snap
 
-    def wait_for(self, predicate: Callable[[ConfigSnapshot], bool], timeout: float | None = 10.0) -> ConfigSnapshot:
-        with self._cond:
-            if not self._cond.wait_for(lambda: predicate(self._snap), timeout):
-                raise TimeoutError(f"config {self.service}: condition not met within {timeout}s "
-                                   f"(last: v{self._snap.version}, error={self._snap.error})")
-            return self._snap
+    def _describe(self, snap: ConfigSnapshot) -> str:
+        return f"v{snap.version}, present={snap.present}, error={snap.error}"
 
     def _connected(self) -> None:
         self._read()
@@ -320,8 +308,4 @@ class ConfigWatcher(WatchLoop):
             self._snap = snap
             self._cond.notify_all()
         if changed:
-            for fn in list(self._subscribers):
-                try:
-                    fn(snap)
-                except Exception:
-                    log.exception("config %s: subscriber failed", self.service)
+            self._notify(snap)

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ class WatcherConfig:
             object.__setattr__(self, "snapshot_file", Path(self.snapshot_file))
 
 
-class MembershipWatcher(WatchLoop):
+class MembershipWatcher(WatchLoop[Snapshot]):
     def __init__(self, client: KazooClient, service: str, *, paths: RegistryPaths | None = None,
                  config: WatcherConfig | None = None, clock: Callable[[], float] = time.time) -> None:
         super().__init__(client, name=f"wei-watcher-{service}", clock=clock)
@@ -72,16 +71,15 @@ class MembershipWatcher(WatchLoop):
         self._state: ReducerState = self._reducer.initial()
         self._members: dict[str, InstanceRecord] = {}
         self._rejected: dict[str, str] = {}
-        self._cond = threading.Condition()
-        self._subscribers: list[Callable[[Snapshot], None]] = []
         self.rejected_total = 0
 
     # -- public ------------------------------------------------------------------
 
-    @property
-    def snapshot(self) -> Snapshot:
-        """The current snapshot: a plain attribute read, safe from any thread."""
+    def _current(self) -> Snapshot:
         return self._state.snapshot
+
+    def _describe(self, snap: Snapshot) -> str:
+        return f"snapshot v{snap.version} with {sorted(snap.instances)} ({snap.reason})"
 
     def start(self, *, timeout: float | None = 10.0) -> MembershipWatcher:
         """Start watching; wait up to ``timeout`` for the first snapshot (from ZooKeeper or file).
@@ -107,21 +105,6 @@ class MembershipWatcher(WatchLoop):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def subscribe(self, fn: Callable[[Snapshot], None]) -> Callable[[], None]:
-        """Call ``fn(snapshot)`` on each new version (on the watcher thread; keep it quick)."""
-        self._subscribers.append(fn)
-        return lambda: self._subscribers.remove(fn)
-
-    def wait_for(self, predicate: Callable[[Snapshot], bool], timeout: float | None = 10.0) -> Snapshot:
-        """Block until the snapshot satisfies ``predicate``; TimeoutError says what was seen."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: predicate(self._state.snapshot), timeout):
-                s = self._state.snapshot
-                raise TimeoutError(
-                    f"watcher {self.service}: condition not met within {timeout}s; "
-                    f"last snapshot v{s.version} with {sorted(s.instances)} ({s.reason})")
-            return self._state.snapshot
 
     def updates(self, timeout: float | None = None) -> Iterator[Snapshot]:
         """Yield the current snapshot, then each new version; stops after ``timeout`` idle or close."""
@@ -244,11 +227,7 @@ class MembershipWatcher(WatchLoop):
                 write_snapshot_file(self.config.snapshot_file, snap)
             except OSError as e:
                 log.warning("watcher %s: cannot write %s: %s", self.service, self.config.snapshot_file, e)
-        for fn in list(self._subscribers):
-            try:
-                fn(snap)
-            except Exception:
-                log.exception("watcher %s: subscriber %r failed", self.service, fn)
+        self._notify(snap)
 
     def __repr__(self) -> str:
         s = self.snapshot
