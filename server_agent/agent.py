@@ -68,7 +68,8 @@ class AgentView:
     capacity: CapacityReport
     weight: float  # the controller's weight now
     published_weight: float | None
-    health: Health
+    health: Health  # the latest sample's raw factors
+    health_factor: float  # the health the weight is computed with (integrator x smoothed factors)
     ramp: float
     server: ServerReading | None
     zk_connected: bool
@@ -349,7 +350,7 @@ class Agent:
         view = AgentView(
             phase=self._life.phase, engine=engine.snapshot(), capacity=self._capacity, weight=ctl.weight(now),
             published_weight=pub.record.weight if pub is not None and self._life.phase.registered else None,
-            health=ctl.last_health, ramp=ctl.ramp(now), server=self._reading,
+            health=ctl.last_health, health_factor=ctl.health, ramp=ctl.ramp(now), server=self._reading,
             zk_connected=bool(self._zk is not None and self._zk.connected),
             zk_writes=pub.stats.writes if pub is not None else 0, weight_publishes=ctl.publishes,
             probe_results=dict(self._counts), heartbeat=now, last_transition=self._last_transition,

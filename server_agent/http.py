@@ -110,8 +110,8 @@ class _Collector(Collector):
         yield g("wei_agent_capacity_score", "Capacity score the weight scales", value=v.capacity.score)
         yield g("wei_agent_capacity_cpu_cores", "CPU cores detected", value=v.capacity.capacity.cpu_cores)
         yield g("wei_agent_capacity_gpus", "GPUs detected", value=v.capacity.capacity.gpu_count)
-        yield g("wei_agent_health", "Health factor in [0, 1] (latency x queue x errors)",
-                value=v.health.latency * v.health.queue * v.health.errors)
+        yield g("wei_agent_health", "Health factor in [0, 1] the weight is computed with",
+                value=v.health_factor)
         yield g("wei_agent_slow_start_ramp", "Slow-start ramp factor", value=v.ramp)
         ok = g("wei_agent_probe_success", "1 success, 0 failure, -1 unknown", labels=["probe"])
         fails = g("wei_agent_probe_consecutive_failures", "Consecutive failures", labels=["probe"])
