@@ -55,7 +55,7 @@ bench: deps
 	$(PY) bench/batching.py
 
 lint: venv
-	$(VENV)/bin/ruff check registry weiclient serving server_agent tests bench examples
+	$(VENV)/bin/ruff check protocol registry weiclient serving server_agent tests bench examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
 
-from weiclient import wire  # noqa: E402
+from protocol import wire  # noqa: E402
 
 BATCHED = ["--max-batch-size", "256", "--batch-timeout-micros", "1000",
            "--num-batch-threads", str(os.cpu_count() or 1), "--max-enqueued-batches", "64"]

@@ -26,9 +26,9 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from registry.embedded import ZooKeeperEnsemble, expire_session  # noqa: E402
 from registry.publisher import Publisher  # noqa: E402
 from registry.records import InstanceRecord, State  # noqa: E402
+from registry.testing import ZooKeeperEnsemble, expire_session  # noqa: E402
 from registry.watcher import MembershipWatcher  # noqa: E402
 from registry.zk import ZkSettings, connect  # noqa: E402
 

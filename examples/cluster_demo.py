@@ -41,8 +41,8 @@ from rich.console import Console  # noqa: E402
 from rich.live import Live  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from registry.config import ConfigStore  # noqa: E402
-from registry.embedded import ZooKeeperEnsemble, die_with_parent, free_ports  # noqa: E402
+from registry.service_config import ConfigStore  # noqa: E402
+from registry.testing import ZooKeeperEnsemble, die_with_parent, free_ports  # noqa: E402
 from registry.zk import ZkSettings, connect  # noqa: E402
 from weiclient import ClientConfig, WeiClient  # noqa: E402
 from weiclient.errors import WeiClientError  # noqa: E402

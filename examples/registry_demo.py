@@ -31,11 +31,11 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
-from registry.config import ConfigSnapshot, ConfigStore, ConfigWatcher
-from registry.embedded import ZooKeeperEnsemble, expire_session
-from registry.membership import Protection, Snapshot
+from registry.membership import MembershipSnapshot, Protection
 from registry.publisher import Publisher
 from registry.records import Capacity, InstanceRecord, State
+from registry.service_config import ConfigSnapshot, ConfigStore, ConfigWatcher
+from registry.testing import ZooKeeperEnsemble, expire_session
 from registry.watcher import MembershipWatcher, WatcherConfig
 from registry.zk import ZkSettings, connect
 
@@ -68,12 +68,12 @@ class View:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.snapshot: Snapshot | None = None
+        self.snapshot: MembershipSnapshot | None = None
         self.config: ConfigSnapshot | None = None
         self.step = "starting"
         self.versions = 0
 
-    def on_snapshot(self, snap: Snapshot) -> None:  # watcher thread
+    def on_snapshot(self, snap: MembershipSnapshot) -> None:  # watcher thread
         self.snapshot = snap
         self.versions += 1
         self.console.print(Text(f"    watcher v{snap.version}: {snap.reason}", style="dim"))
@@ -124,15 +124,15 @@ class Demo:
         self.clients.append(c)
         return c
 
-    def wait(self, what: str, predicate: Callable[[Snapshot], bool]) -> Snapshot:
+    def wait(self, what: str, predicate: Callable[[MembershipSnapshot], bool]) -> MembershipSnapshot:
         assert self.watcher is not None
         try:
             return self.watcher.wait_for(predicate, timeout=WAIT_S)
         except TimeoutError as e:
             raise DemoFailed(f"{what}: {e}") from None
 
-    def weights(self, expected: dict[str, float], state: State | None = None) -> Snapshot:
-        def ok(s: Snapshot) -> bool:
+    def weights(self, expected: dict[str, float], state: State | None = None) -> MembershipSnapshot:
+        def ok(s: MembershipSnapshot) -> bool:
             return all((r := s.get(i)) is not None and r.weight == w and (state is None or r.state is state)
                        for i, w in expected.items())
         return self.wait(f"weights {expected}", ok)
@@ -197,7 +197,7 @@ class Demo:
         missing: list[int] = []
         held: list[int] = []
 
-        def check(s: Snapshot) -> None:
+        def check(s: MembershipSnapshot) -> None:
             if s.get(pod) is None:
                 missing.append(s.version)
             if pod in s.held:

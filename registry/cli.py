@@ -32,10 +32,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .config import ConfigStore, ServiceConfig, config_to_json
 from .errors import RecordError, RegistryError, ServiceNotFound
-from .membership import Snapshot
+from .membership import MembershipSnapshot
 from .records import InstanceRecord, check_name, decode_member, instance_to_json
+from .service_config import ConfigStore, ServiceConfig, config_to_json
 from .watcher import MembershipWatcher
 from .zk import RegistryPaths, ZkSettings, connect
 
@@ -156,7 +156,7 @@ def footer(records: Sequence[InstanceRecord], rejected: dict[str, str]) -> str:
     return line + "".join(f"\n  rejected {node}: {why}" for node, why in sorted(rejected.items()))
 
 
-def snapshot_header(snap: Snapshot, now: float) -> str:
+def snapshot_header(snap: MembershipSnapshot, now: float) -> str:
     fresh = f"STALE for {human_age(snap.staleness(now))}" if snap.stale else "live"
     return f"version {snap.version} · {fresh} · {snap.reason}"
 

@@ -7,7 +7,7 @@ snapshot to publish.
 Mass-loss protection (as Eureka's self-preservation and Dubbo's empty
 protection): when an observation would drop more than
 ``max_loss_fraction`` of the routable members at once, the dropped members
-are *retained* for ``hold_s`` seconds (marked in ``Snapshot.held``) while
+are *retained* for ``hold_s`` seconds (marked in ``MembershipSnapshot.held``) while
 every other change applies. If they come back (a session expiry followed by
 re-registration, a ZooKeeper hiccup) nothing was lost; if the loss persists
 past the window, it is accepted. Only members that were routable count:
@@ -23,13 +23,13 @@ from types import MappingProxyType
 
 from .records import InstanceRecord
 
-__all__ = ["MembershipReducer", "Observation", "Protection", "ReducerState", "Snapshot"]
+__all__ = ["MembershipReducer", "Observation", "Protection", "ReducerState", "MembershipSnapshot"]
 
 _EMPTY: Mapping = MappingProxyType({})
 
 
 @dataclass(frozen=True, kw_only=True)
-class Snapshot:
+class MembershipSnapshot:
     """An immutable view of one service's members.
 
     ``version`` grows by one with each published change; ``synced_at`` is the
@@ -74,7 +74,7 @@ class Snapshot:
         """Seconds this snapshot has been possibly out of date (0 while live)."""
         return 0.0 if self.stale_since is None else max(0.0, now - self.stale_since)
 
-    def same_content(self, other: Snapshot) -> bool:
+    def same_content(self, other: MembershipSnapshot) -> bool:
         return (
             dict(self.instances) == dict(other.instances)
             and self.held == other.held
@@ -118,7 +118,7 @@ class ReducerState:
     towards the loss fraction so that a mass loss spread over several watch
     batches is caught like one that arrives at once."""
 
-    snapshot: Snapshot
+    snapshot: MembershipSnapshot
     observed: Observation = field(default_factory=Observation)
     held: Mapping[str, tuple[float, InstanceRecord]] = field(default_factory=dict)
     recent_losses: tuple[tuple[float, str], ...] = ()
@@ -148,8 +148,8 @@ class MembershipReducer:
         self.service = service
         self.protection = protection or Protection()
 
-    def initial(self, snapshot: Snapshot | None = None) -> ReducerState:
-        snap = snapshot or Snapshot(service=self.service)
+    def initial(self, snapshot: MembershipSnapshot | None = None) -> ReducerState:
+        snap = snapshot or MembershipSnapshot(service=self.service)
         return ReducerState(snapshot=snap, observed=Observation(instances=dict(snap.instances)))
 
     def observe(self, state: ReducerState, obs: Observation, now: float, reason: str = "") -> ReducerState:
@@ -206,7 +206,7 @@ class MembershipReducer:
         )
         return self._state(snap, state.observed, held, state.recent_losses)
 
-    def _state(self, snap: Snapshot, obs: Observation, held: dict[str, tuple[float, InstanceRecord]],
+    def _state(self, snap: MembershipSnapshot, obs: Observation, held: dict[str, tuple[float, InstanceRecord]],
                recent: tuple[tuple[float, str], ...]) -> ReducerState:
         deadline = min((t for t, _ in held.values()), default=None)
         return ReducerState(snapshot=snap, observed=obs, held=MappingProxyType(held), recent_losses=recent,
@@ -221,9 +221,9 @@ class MembershipReducer:
 
     # -- helpers -----------------------------------------------------------------
 
-    def _next(self, prev: Snapshot, members: dict[str, InstanceRecord], held: frozenset[str],
-              rejected: Mapping[str, str], now: float, reason: str, *, synced: bool = True) -> Snapshot:
-        candidate = Snapshot(
+    def _next(self, prev: MembershipSnapshot, members: dict[str, InstanceRecord], held: frozenset[str],
+              rejected: Mapping[str, str], now: float, reason: str, *, synced: bool = True) -> MembershipSnapshot:
+        candidate = MembershipSnapshot(
             service=self.service,
             version=prev.version,
             instances=MappingProxyType(dict(sorted(members.items()))),
@@ -239,7 +239,7 @@ class MembershipReducer:
         return replace(candidate, version=prev.version + 1)
 
 
-def snapshot_from_records(service: str, records: Iterable[InstanceRecord], **kw: object) -> Snapshot:
-    return Snapshot(service=service,
+def snapshot_from_records(service: str, records: Iterable[InstanceRecord], **kw: object) -> MembershipSnapshot:
+    return MembershipSnapshot(service=service,
                     instances=MappingProxyType({r.id: r for r in sorted(records, key=lambda r: r.id)}),
                     **kw)  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ from kazoo.protocol.states import WatchedEvent
 
 from ._loop import WatchLoop
 from .errors import RecordError
-from .membership import MembershipReducer, Observation, Protection, ReducerState, Snapshot
+from .membership import MembershipReducer, MembershipSnapshot, Observation, Protection, ReducerState
 from .records import InstanceRecord, decode_member, instance_from_json, instance_to_json
 from .zk import RegistryPaths
 
@@ -59,7 +59,7 @@ class WatcherConfig:
             object.__setattr__(self, "snapshot_file", Path(self.snapshot_file))
 
 
-class MembershipWatcher(WatchLoop[Snapshot]):
+class MembershipWatcher(WatchLoop[MembershipSnapshot]):
     def __init__(self, client: KazooClient, service: str, *, paths: RegistryPaths | None = None,
                  config: WatcherConfig | None = None, clock: Callable[[], float] = time.time) -> None:
         super().__init__(client, name=f"wei-watcher-{service}", clock=clock)
@@ -75,10 +75,10 @@ class MembershipWatcher(WatchLoop[Snapshot]):
 
     # -- public ------------------------------------------------------------------
 
-    def _current(self) -> Snapshot:
+    def _current(self) -> MembershipSnapshot:
         return self._state.snapshot
 
-    def _describe(self, snap: Snapshot) -> str:
+    def _describe(self, snap: MembershipSnapshot) -> str:
         return f"snapshot v{snap.version} with {sorted(snap.instances)} ({snap.reason})"
 
     def start(self, *, timeout: float | None = 10.0) -> MembershipWatcher:
@@ -106,7 +106,7 @@ class MembershipWatcher(WatchLoop[Snapshot]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def updates(self, timeout: float | None = None) -> Iterator[Snapshot]:
+    def updates(self, timeout: float | None = None) -> Iterator[MembershipSnapshot]:
         """Yield the current snapshot, then each new version; stops after ``timeout`` idle or close."""
         version = -1
         while not self._stopped.is_set():
@@ -235,7 +235,7 @@ class MembershipWatcher(WatchLoop[Snapshot]):
                 f"held={len(s.held)} rejected={len(s.rejected)} stale={s.stale}>")
 
 
-def write_snapshot_file(path: Path, snap: Snapshot) -> None:
+def write_snapshot_file(path: Path, snap: MembershipSnapshot) -> None:
     """Atomically replace ``path`` with the snapshot (temp file, fsync, rename)."""
     doc = {
         "format": FILE_FORMAT,
@@ -257,7 +257,7 @@ def write_snapshot_file(path: Path, snap: Snapshot) -> None:
         raise
 
 
-def load_snapshot_file(path: Path, service: str, *, now: float) -> Snapshot | None:
+def load_snapshot_file(path: Path, service: str, *, now: float) -> MembershipSnapshot | None:
     """The snapshot saved in ``path``, stale since it was synced; None if absent or unusable."""
     try:
         doc = json.loads(Path(path).read_text())
@@ -279,7 +279,7 @@ def load_snapshot_file(path: Path, service: str, *, now: float) -> Snapshot | No
             rejected[f"#{i}"] = str(e)
     synced_at = doc.get("synced_at")
     synced_at = float(synced_at) if isinstance(synced_at, int | float) else now
-    return Snapshot(
+    return MembershipSnapshot(
         service=service,
         version=1,
         instances=MappingProxyType(dict(sorted(members.items()))),

@@ -114,7 +114,7 @@ def grpc_predict(target: str, timeout: float) -> Callable[[str, Mapping[str, Any
         import grpc
         import numpy as np
 
-        from weiclient import wire
+        from protocol import wire
 
         try:
             with grpc.insecure_channel(target) as channel:

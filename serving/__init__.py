@@ -6,5 +6,5 @@ Modules: :mod:`serving.config` (dataclass configuration, TOML file),
 :mod:`serving.backends` (TensorFlow SavedModel, Python, PyTorch),
 :mod:`serving.server` (gRPC service, health, drain), :mod:`serving.status`
 (local HTTP status for the sidecar agent), :mod:`serving.cli` (``wei-serve``).
-The wire protocol lives in :mod:`weiclient.wire`, shared with the client SDK.
+The wire protocol lives in :mod:`protocol.wire`, shared with the client SDK.
 """

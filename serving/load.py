@@ -1,6 +1,6 @@
 """The in-band load report a server attaches to every response (ORCA shape).
 
-Named metrics (see :mod:`weiclient.wire`): ``in_flight`` (server-wide calls
+Named metrics (see :mod:`protocol.wire`): ``in_flight`` (server-wide calls
 in progress), ``queue_depth`` (rows waiting in all batch queues),
 ``batch_fill`` and ``ewma_latency_ms`` (of the models this call used, or of
 all models when it used none). ``cpu_utilization`` is this process's CPU
@@ -14,8 +14,8 @@ import threading
 import time
 from collections.abc import Iterable
 
-from serving.repository import LoadedVersion, Snapshot
-from weiclient.wire import LoadReport, load_report_metadata
+from protocol.wire import LoadReport, load_report_metadata
+from serving.repository import LoadedModels, LoadedVersion
 
 
 class CpuMeter:
@@ -43,7 +43,7 @@ class CpuMeter:
         return self.value
 
 
-def build_report(snapshot: Snapshot, used: Iterable[LoadedVersion], in_flight: int,
+def build_report(snapshot: LoadedModels, used: Iterable[LoadedVersion], in_flight: int,
                  cpu: float) -> tuple[tuple[str, bytes], ...]:
     versions = [lv for vs in snapshot.values() for lv in vs.values()]
     used = list(used) or versions

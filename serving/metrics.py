@@ -13,13 +13,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from serving.repository import Snapshot
+from serving.repository import LoadedModels
 
 LATENCY_BUCKETS = (.001, .0025, .005, .01, .02, .04, .08, .16, .32, .64, 1.28, 2.56, 5.12)
 
 
 class _LiveCollector(Collector):
-    def __init__(self, snapshot: Callable[[], Snapshot], in_flight: Callable[[], int]) -> None:
+    def __init__(self, snapshot: Callable[[], LoadedModels], in_flight: Callable[[], int]) -> None:
         self._snapshot = snapshot
         self._in_flight = in_flight
 
@@ -58,7 +58,7 @@ class _LiveCollector(Collector):
 
 
 class ServerMetrics:
-    def __init__(self, snapshot: Callable[[], Snapshot], in_flight: Callable[[], int]) -> None:
+    def __init__(self, snapshot: Callable[[], LoadedModels], in_flight: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("weiserving_requests", "Predict calls by model and status code "
                                 "(model is empty when no loaded model was named)",

@@ -33,12 +33,12 @@ from types import MappingProxyType
 import msgpack
 import numpy as np
 
+from protocol.wire import TENSOR_EXT_CODE, unpack_tensor
 from serving.backends import Backend, load_backend
 from serving.batching import Runner, make_runner
 from serving.batching.stats import RollingStats
 from serving.config import ModelConfig, ServerConfig
 from serving.errors import ModelLoadError, ModelNotFound, ServingError
-from weiclient.wire import TENSOR_EXT_CODE, unpack_tensor
 
 log = logging.getLogger("serving.repository")
 WARMUP_FILE = Path("assets.extra") / "warmup.msgpack"
@@ -98,7 +98,7 @@ class LoadedVersion:
         return True
 
 
-Snapshot = Mapping[str, Mapping[int, LoadedVersion]]
+LoadedModels = Mapping[str, Mapping[int, LoadedVersion]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,12 +150,12 @@ def warmup_inputs(version: LoadedVersion) -> list[dict[str, np.ndarray]]:
 
 class ModelManager:
     def __init__(self, config: ServerConfig, *,
-                 on_change: Callable[[Snapshot], None] | None = None,
+                 on_change: Callable[[LoadedModels], None] | None = None,
                  load: Callable[[Path, str], Backend] = load_backend) -> None:
         self.config = config
         self._on_change = on_change
         self._load = load
-        self._snapshot: Snapshot = MappingProxyType({})
+        self._snapshot: LoadedModels = MappingProxyType({})
         self._retired: list[LoadedVersion] = []
         self.failures: dict[tuple[str, int], str] = {}
         self._failed_mtime: dict[tuple[str, int], float] = {}
@@ -164,7 +164,7 @@ class ModelManager:
         self._thread: threading.Thread | None = None
 
     @property
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> LoadedModels:
         return self._snapshot
 
     def acquire(self, model: str, version: int | None) -> LoadedVersion:

@@ -22,12 +22,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from protocol import wire
 from serving.config import ServerConfig
 from serving.errors import DeadlineExpired, Draining, InvalidInput, ModelNotFound, ServingError
 from serving.load import CpuMeter, build_report
 from serving.metrics import ServerMetrics
-from serving.repository import LoadedVersion, ModelManager, Snapshot
-from weiclient import wire
+from serving.repository import LoadedModels, LoadedVersion, ModelManager
 
 log = logging.getLogger("serving.server")
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -164,7 +164,7 @@ class InferenceService:
             context.abort(exc.code, str(exc))
 
 
-def describe_model(snap: Snapshot, model: str) -> dict[str, Any]:
+def describe_model(snap: LoadedModels, model: str) -> dict[str, Any]:
     versions = snap[model]
     latest = versions[max(versions)]
     b = latest.config.batching
@@ -210,7 +210,7 @@ class ModelServer:
     def ready(self) -> bool:
         return self.phase == "serving" and bool(self.manager.snapshot)
 
-    def _on_models_changed(self, snap: Snapshot) -> None:
+    def _on_models_changed(self, snap: LoadedModels) -> None:
         for model in self._models_seen - set(snap):
             self.health.set(model, NOT_SERVING)
         for model in snap:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from kazoo.client import KazooClient
 
-from registry.embedded import ZooKeeperEnsemble, expire_session, zookeeper_from_env
+from registry.testing import ZooKeeperEnsemble, expire_session, zookeeper_from_env
 from registry.zk import ZkSettings, connect
 
 
@@ -72,5 +72,5 @@ def zk(make_client: Callable[..., KazooClient]) -> KazooClient:
 
 @pytest.fixture
 def expire(zk_ensemble: ZooKeeperEnsemble) -> Callable[[KazooClient], None]:
-    """Expire a client's session on the server (see registry.embedded.expire_session)."""
+    """Expire a client's session on the server (see registry.testing.expire_session)."""
     return lambda client, timeout=30.0: expire_session(client, zk_ensemble.hosts, timeout)

@@ -20,7 +20,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from . import wire
+from protocol import wire
+
 from .config import ChannelConfig
 
 __all__ = ["AioChannelPool", "ChannelPool", "Conn"]

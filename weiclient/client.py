@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from registry.config import ConfigSnapshot, ConfigWatcher, ServiceConfig
-from registry.membership import Snapshot
+from protocol import wire
+from registry.membership import MembershipSnapshot
+from registry.service_config import ConfigSnapshot, ConfigWatcher, ServiceConfig
 from registry.watcher import MembershipWatcher, WatcherConfig
 from registry.zk import RegistryPaths, ZkSettings, connect
 
-from . import wire
 from .balancer import Balancer, BalancerStats, build_policy, key_hash, policy_from_spec
 from .config import ClientConfig
 from .errors import ClientClosed, InvalidBalancerConfig, InvalidInput, NoEndpointAvailable, Unavailable, WeiClientError
@@ -96,7 +96,7 @@ class WeiClient:
 
     # -- feeds from the watchers (their threads) -----------------------------------------
 
-    def _on_membership(self, snap: Snapshot) -> None:
+    def _on_membership(self, snap: MembershipSnapshot) -> None:
         with self._lock:
             now = self._clock()
             self._balancer.update(snap, now)
@@ -259,7 +259,7 @@ class WeiClient:
     # -- observability and lifecycle ----------------------------------------------------------
 
     @property
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> MembershipSnapshot:
         return self._watcher.snapshot
 
     @property

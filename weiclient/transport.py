@@ -25,7 +25,8 @@ import grpc
 import numpy as np
 import tenacity
 
-from . import wire
+from protocol import wire
+
 from .balancer import Balancer, Endpoint, RetryBudget, RetryBudgetConfig
 from .channels import AioChannelPool, ChannelPool
 from .config import ClientConfig

@@ -21,7 +21,7 @@ import msgpack
 import numpy as np
 import tensorflow as tf
 
-from weiclient.wire import pack_tensor
+from protocol.wire import pack_tensor
 
 N_DENSE, N_SPARSE = 13, 26
 WARMUP_FILE = "assets.extra/warmup.msgpack"

@@ -10,10 +10,10 @@ import grpc
 import numpy as np
 import pytest
 
+from protocol import wire
 from registry.records import State
 from server_agent.agent import Agent
 from server_agent.config import WeightConfig
-from weiclient import wire
 
 
 class Load:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from registry.config import BalancerSpec, ConfigStore, ServiceConfig
-from registry.embedded import ZooKeeperEnsemble
+from registry.service_config import BalancerSpec, ConfigStore, ServiceConfig
+from registry.testing import ZooKeeperEnsemble
 from registry.zk import ZkSettings, connect
 from weiclient import ClientConfig, WeiClient
 from weiclient.config import ChannelConfig, RetryConfig

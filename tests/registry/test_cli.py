@@ -16,10 +16,10 @@ import pytest
 from kazoo.client import KazooClient
 
 from registry.cli import human_age, parse_split, snapshot_header
-from registry.config import ConfigStore
-from registry.membership import Snapshot
+from registry.membership import MembershipSnapshot
 from registry.publisher import Publisher
 from registry.records import InstanceRecord, State
+from registry.service_config import ConfigStore
 from registry.zk import RegistryPaths, ZkSettings
 
 PATHS = RegistryPaths()
@@ -307,9 +307,9 @@ def test_human_age(seconds, shown):
 
 
 def test_snapshot_header_says_version_staleness_and_reason():
-    live = Snapshot(service="ctr", version=4, reason="watch: updated a")
+    live = MembershipSnapshot(service="ctr", version=4, reason="watch: updated a")
     assert snapshot_header(live, now=100.0) == "version 4 · live · watch: updated a"
-    stale = Snapshot(service="ctr", version=5, stale_since=40.0,
+    stale = MembershipSnapshot(service="ctr", version=5, stale_since=40.0,
                      reason="ZooKeeper suspended; serving last good snapshot")
     assert snapshot_header(stale, now=100.0) == (
         "version 5 · STALE for 1m00s · ZooKeeper suspended; serving last good snapshot")

@@ -7,11 +7,11 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
-from registry.config import ConfigStore, ConfigWatcher
-from registry.embedded import ZooKeeperEnsemble
 from registry.errors import ZooKeeperUnavailable
 from registry.publisher import Publisher
 from registry.records import InstanceRecord, State, encode_instance
+from registry.service_config import ConfigStore, ConfigWatcher
+from registry.testing import ZooKeeperEnsemble
 from registry.watcher import MembershipWatcher, WatcherConfig
 from registry.zk import RegistryPaths, ZkSettings, connect
 

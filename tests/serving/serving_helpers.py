@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from protocol import wire
 from serving.config import BatchingConfig, ModelConfig, ServerConfig
 from serving.server import ModelServer
-from weiclient import wire
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_helpers import AFFINE_MODEL, REPO, Client, write_python_model, x
 
-from weiclient import wire
+from protocol import wire
 
 
 def start(*args: str) -> subprocess.Popen:

@@ -11,10 +11,10 @@ import pytest
 from grpc_health.v1 import health_pb2
 from serving_helpers import running, server_config, write_python_model, x
 
+from protocol import wire
 from serving.config import ServerConfig, VersionPolicy, load_config
 from serving.errors import ConfigError, ModelNotFound
 from serving.repository import ModelManager, VersionState
-from weiclient import wire
 
 
 @pytest.mark.parametrize("text, on_disk, selected", [

@@ -13,8 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_helpers import Client, load_report, running, server_config, write_python_model, x
 
-from weiclient import wire
-from weiclient.wire import PredictRequest
+from protocol import wire
+from protocol.wire import PredictRequest
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from serving_helpers import running, server_config
 
+from protocol import wire
 from serving.backends import load_backend
 from serving.config import VersionPolicy
-from weiclient import wire
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from weiclient import wire
-from weiclient.wire import Limits, LoadReport, PredictRequest, WireError
+from protocol import wire
+from protocol.wire import Limits, LoadReport, PredictRequest, WireError
 
 DTYPES = ["|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "<f2", "<f4", "<f8",
           "|S7"]

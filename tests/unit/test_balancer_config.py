@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry.config import BalancerSpec
 from registry.membership import snapshot_from_records
 from registry.records import InstanceRecord, State
+from registry.service_config import BalancerSpec
 from weiclient.balancer import (
     POLICIES,
     Balancer,

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
+from protocol.orca import LoadReport
 from registry.membership import snapshot_from_records
 from registry.records import InstanceRecord, State
-from weiclient._orca import LoadReport
 from weiclient.balancer import Balancer, ServerLoad, build_policy
 from weiclient.balancer.wrr import integer_weights, nginx_cycle
 from weiclient.errors import NoEndpointAvailable, Unavailable, WeiClientError

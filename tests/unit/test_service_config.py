@@ -1,7 +1,7 @@
 import pytest
 
-from registry.config import BalancerSpec, ServiceConfig, decode_config, encode_config
 from registry.errors import RecordError
+from registry.service_config import BalancerSpec, ServiceConfig, decode_config, encode_config
 
 
 def test_roundtrip_and_json_shape():

@@ -29,7 +29,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from registry.membership import Snapshot
+from registry.membership import MembershipSnapshot
 from registry.records import State
 
 from ..errors import NoEndpointAvailable, Unavailable
@@ -113,7 +113,7 @@ class Balancer:
 
     # -- membership ----------------------------------------------------------------
 
-    def update(self, snapshot: Snapshot, now: float) -> Candidates:
+    def update(self, snapshot: MembershipSnapshot, now: float) -> Candidates:
         """Swap in the vector for ``snapshot``, carrying each surviving endpoint's state."""
         with self._lock:
             prev = self._candidates

@@ -140,5 +140,5 @@ def build_policy(name: str = DEFAULT_POLICY, knobs: Mapping[str, object] | None 
 
 
 def policy_from_spec(spec: Any) -> Policy:
-    """From a :class:`registry.config.BalancerSpec` (anything with ``policy`` and ``knobs``)."""
+    """From a :class:`registry.service_config.BalancerSpec` (anything with ``policy`` and ``knobs``)."""
     return build_policy(spec.policy, spec.knobs)

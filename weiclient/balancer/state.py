@@ -45,7 +45,7 @@ class ServerLoad:
 
     @classmethod
     def from_named_metrics(cls, metrics: Mapping[str, float]) -> ServerLoad:
-        """From ORCA ``named_metrics`` as :mod:`weiclient.wire` documents them."""
+        """From ORCA ``named_metrics`` as :mod:`protocol.wire` documents them."""
         return cls(in_flight=_metric(metrics, "in_flight"),
                    queue_depth=_metric(metrics, "queue_depth"),
                    ewma_latency_s=_metric(metrics, "ewma_latency_ms") / 1000.0)

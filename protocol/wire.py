@@ -56,7 +56,7 @@ Load report
 -----------
 Every response (errors included) carries trailing metadata
 :data:`LOAD_REPORT_KEY` (``endpoint-load-metrics-bin``): an ORCA
-``xds.data.orca.v3.OrcaLoadReport`` protobuf (see :mod:`weiclient._orca`) with
+``xds.data.orca.v3.OrcaLoadReport`` protobuf (see :mod:`protocol.orca`) with
 ``cpu_utilization`` and named metrics ``in_flight``, ``queue_depth`` (rows
 waiting in batch queues), ``batch_fill`` and ``ewma_latency_ms``.
 
@@ -98,8 +98,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from weiclient._orca import LoadReport, decode_load_report, encode_load_report
-from weiclient._tensor import (
+from .orca import LoadReport, decode_load_report, encode_load_report
+from .tensor import (
     ALLOWED_DTYPES,
     DEFAULT_LIMITS,
     TENSOR_EXT_CODE,

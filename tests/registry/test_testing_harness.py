@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from registry.embedded import EmbeddedZooKeeperError, ZooKeeperEnsemble, four_letter_word, zookeeper_from_env
+from registry.testing import EmbeddedZooKeeperError, ZooKeeperEnsemble, four_letter_word, zookeeper_from_env
 
 
 def _alive(pid: int) -> bool:
@@ -43,7 +43,7 @@ def test_cleans_up_when_the_body_raises():
 def test_members_die_with_a_killed_owner(tmp_path):
     script = textwrap.dedent("""
         import sys, time
-        from registry.embedded import ZooKeeperEnsemble
+        from registry.testing import ZooKeeperEnsemble
         zk = ZooKeeperEnsemble(1).start()
         print(zk.members[0].process.pid, flush=True)
         time.sleep(600)

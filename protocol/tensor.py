@@ -1,6 +1,6 @@
 """Tensor codec of the wire protocol: the msgpack ext type and the decoding limits.
 
-See :mod:`weiclient.wire` for the format; this module holds the part that
+See :mod:`protocol.wire` for the format; this module holds the part that
 touches raw bytes and numpy.
 """
 
