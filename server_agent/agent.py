@@ -48,7 +48,6 @@ from .lifecycle import Lifecycle, Move, Phase, Transition
 from .probes import EngineStatus, ProbeEngine, ProbeKind, ProbeState
 from .probes.result import Handler
 from .server_io import ServerReading, build_handlers, read_server
-from .status import sample_from_status
 from .weight import Health, WeightController
 
 __all__ = ["Agent", "AgentView"]
@@ -235,11 +234,12 @@ class Agent:
 
     def _poll(self, now: float) -> None:
         reading = read_server(self.config.status_url, timeout=min(1.0, self.config.status_poll_s))
+        if reading.problem and reading.problem != (self._reading.problem if self._reading else None):
+            log.warning("agent %s: %s", self.config.instance_id, reading.problem)
         self._reading = reading
         if reading.status is not None:  # unreadable status: no evidence either way, hold the weight
             assert self._ctl is not None
-            self._ctl.observe(sample_from_status(reading.status, requests=reading.requests,
-                                                 errors=reading.errors), now)
+            self._ctl.observe(reading.sample(), now)
 
     def _why(self) -> str:
         assert self._engine is not None

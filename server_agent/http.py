@@ -76,7 +76,7 @@ def _verdict(view: AgentView, kind: str, now: float) -> tuple[bool, str]:
     raise ValueError(kind)
 
 
-def status_document(view: AgentView, now: float) -> dict[str, Any]:
+def agent_status(view: AgentView, now: float) -> dict[str, Any]:
     srv = view.server
     return {
         "phase": str(view.phase),
@@ -90,7 +90,8 @@ def status_document(view: AgentView, now: float) -> dict[str, Any]:
         "health": {"latency": view.health.latency, "queue": view.health.queue, "errors": view.health.errors},
         "capacity": {**view.capacity.capacity.to_json(), "score": view.capacity.score,
                      "notes": list(view.capacity.notes)},
-        "server": {"in_flight": srv.in_flight if srv else None, "reachable": bool(srv and srv.status is not None)},
+        "server": {"in_flight": srv.in_flight if srv else None, "reachable": bool(srv and srv.status is not None),
+                   "problem": srv.problem if srv else None},
         "zookeeper": {"connected": view.zk_connected, "writes": view.zk_writes},
         "weight_publishes": view.weight_publishes, "last_transition": view.last_transition,
         "shutdown_requested": view.shutdown_requested, "record": dict(view.record),
@@ -160,7 +161,7 @@ class AgentHttp:
                 elif path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
                 elif path == "/status":
-                    body = json.dumps(status_document(agent.view, clock()), indent=1, default=str)
+                    body = json.dumps(agent_status(agent.view, clock()), indent=1, default=str)
                     self._send(200, "application/json", body.encode())
                 elif path == "/drain" and drain_endpoint:
                     with lock:

@@ -7,7 +7,6 @@ sample, not a dead agent.
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.error
 import urllib.request
@@ -16,11 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from protocol.status import StatusDoc, StatusError
+
 from .agent_config import AgentConfig
 from .plugins import PluginSet
 from .probes import HttpGetHandler, ProbeKind, ProbeResult, TcpSocketHandler
 from .probes.grpc_health import GrpcHandler
 from .probes.result import Handler, Timer
+from .weight import ServerSample
 
 __all__ = ["AllOf", "ServerReading", "build_handlers", "grpc_predict", "read_server"]
 
@@ -61,44 +63,54 @@ def parse_request_counts(text: str) -> tuple[int, int] | None:
 
 @dataclass(frozen=True, slots=True)
 class ServerReading:
-    """One poll of the server: its ``/status`` document (None when unreadable) and request counts."""
+    """One poll of the server: its status document (None when unreachable or unreadable, with
+    ``problem`` saying why) and its request counts from ``/metrics``."""
 
-    status: Mapping[str, Any] | None
+    status: StatusDoc | None
     requests: int | None = None
     errors: int | None = None
+    problem: str | None = None
 
     @property
     def in_flight(self) -> int | None:
-        v = self.status.get("in_flight") if self.status else None
-        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+        return self.status.in_flight if self.status is not None else None
 
     @property
     def models(self) -> dict[str, list[int]] | None:
         """{model: [versions]} as loaded, for the registry record; None when unknown."""
-        models = self.status.get("models") if self.status else None
-        if not isinstance(models, Mapping):
-            return None
-        out: dict[str, list[int]] = {}
-        for name, m in models.items():
-            versions = m.get("versions") if isinstance(m, Mapping) else None
-            out[name] = sorted(int(v) for v in (versions or {}) if str(v).isdigit())
-        return out
+        return self.status.hosted() if self.status is not None else None
+
+    def sample(self) -> ServerSample:
+        """What the weight controller reads of this poll (a server that did not answer is not ready)."""
+        doc = self.status
+        if doc is None:
+            return ServerSample(ready=False, requests=self.requests, errors=self.errors)
+        return ServerSample(ready=doc.routable, p99_ms=doc.worst_latency_ms("p99"),
+                            ewma_ms=doc.worst_latency_ms("ewma"), queue_rows=_float(doc.queue_rows()),
+                            requests=self.requests, errors=self.errors)
+
+
+def _float(v: int | None) -> float | None:
+    return None if v is None else float(v)
 
 
 def read_server(status_url: str | None, *, timeout: float = 1.0, metrics: bool = True) -> ServerReading:
+    """``GET /status`` (and ``/metrics`` for the request counts); never raises."""
     if status_url is None:
         return ServerReading(None)
     body = _get(status_url + "/status", timeout)
+    if body is None:
+        return ServerReading(None, problem=f"{status_url}/status did not answer")
     try:
-        doc = json.loads(body) if body is not None else None
-    except ValueError:
-        doc = None
+        doc = StatusDoc.from_json(body)
+    except StatusError as e:
+        return ServerReading(None, problem=f"{status_url}/status: {e}")
     counts = None
-    if metrics and doc is not None:
+    if metrics:
         text = _get(status_url + "/metrics", timeout)
         counts = parse_request_counts(text.decode("utf-8", "replace")) if text is not None else None
     requests, errors = counts if counts is not None else (None, None)
-    return ServerReading(doc if isinstance(doc, Mapping) else None, requests, errors)
+    return ServerReading(doc, requests, errors)
 
 
 def grpc_predict(target: str, timeout: float) -> Callable[[str, Mapping[str, Any]], Mapping[str, Any]]:

@@ -1,9 +1,10 @@
 """The weight controller: capacity x health x slow-start, smoothed, clamped and rate-limited.
 
-Pure: status samples and the current time go in (:meth:`WeightController.observe`),
+Pure: server samples and the current time go in (:meth:`WeightController.observe`),
 a :class:`Decision` comes out (:meth:`WeightController.decide`). The shell
-polls the model server's ``/status`` (see :mod:`server_agent.status`), feeds
-the sample, and calls ``Publisher.update(weight=...)`` only when the decision
+polls the model server's ``/status`` (a :class:`protocol.status.StatusDoc`,
+read by :mod:`server_agent.server_io`), feeds the :class:`ServerSample` it
+yields, and calls ``Publisher.update(weight=...)`` only when the decision
 says so.
 
 ::
@@ -41,9 +42,8 @@ from dataclasses import dataclass
 
 from .config import WeightConfig
 from .errors import ConfigError
-from .status import StatusSample
 
-__all__ = ["Decision", "Health", "WeightController", "round_weight"]
+__all__ = ["Decision", "Health", "ServerSample", "WeightController", "round_weight"]
 
 LOG_MAX_RATIO = math.log(4.0)
 """The latency error counted per poll is capped at a 4x ratio (see ``_latency_error``)."""
@@ -58,6 +58,23 @@ def round_weight(w: float) -> float:
     if w <= 0 or not math.isfinite(w):
         return w
     return round(w, 2 - math.floor(math.log10(w)))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServerSample:
+    """What the controller reads of its server at one poll; None is unknown (no evidence).
+
+    ``p99_ms`` / ``ewma_ms``: the worst model's latency; ``queue_rows``: rows
+    queued over all models; ``requests`` / ``errors``: cumulative counters (the
+    rate comes from the difference between samples; ``serving`` exposes them on
+    /metrics, not /status)."""
+
+    ready: bool = True
+    p99_ms: float | None = None
+    ewma_ms: float | None = None
+    queue_rows: float | None = None
+    requests: int | None = None
+    errors: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +100,7 @@ class WeightController:
 
         ctl = WeightController(cfg, capacity_score=report.score, now=clock())
         publisher.register(); ctl.registered(clock())     # and again after each re-registration
-        d = ctl.step(sample_from_status(doc), clock())
+        d = ctl.step(read_server(url).sample(), clock())
         if d.publish:
             publisher.update(weight=d.weight)
 
@@ -98,7 +115,7 @@ class WeightController:
         self._log_latency_health = 0.0  # the integrator's state, in [log floor, 0]
         self._other = 1.0  # EWMA of queue x error factors
         self._raw = Health()
-        self._last_sample: StatusSample | None = None
+        self._last_sample: ServerSample | None = None
         self._last_time = now
         self._registered_at: float | None = None
         self._force: str | None = None
@@ -119,8 +136,8 @@ class WeightController:
         self._registered_at = now
         self._force = "registered"
 
-    def observe(self, sample: StatusSample, now: float) -> Health:
-        """Fold one status sample into the smoothed health; returns this sample's raw factors."""
+    def observe(self, sample: ServerSample, now: float) -> Health:
+        """Fold one server sample into the smoothed health; returns this sample's raw factors."""
         cfg = self.config
         prev, dt = self._last_sample, max(0.0, now - self._last_time)
         latency_ms = sample.p99_ms if cfg.latency_signal == "p99" else sample.ewma_ms
@@ -195,7 +212,7 @@ class WeightController:
             return self._publish(w, now, ramping, f"max interval {cfg.max_interval_s:g}s: {what}")
         return Decision(False, w, f"within {cfg.publish_threshold:.0%} of published: {what}")
 
-    def step(self, sample: StatusSample, now: float) -> Decision:
+    def step(self, sample: ServerSample, now: float) -> Decision:
         self.observe(sample, now)
         return self.decide(now)
 
@@ -226,7 +243,7 @@ class WeightController:
                 f"published={self._published} publishes={self.publishes}>")
 
 
-def _error_rate(prev: StatusSample | None, cur: StatusSample) -> float | None:
+def _error_rate(prev: ServerSample | None, cur: ServerSample) -> float | None:
     """Errors per request between two samples; None without counts, traffic or after a counter reset."""
     if prev is None or None in (prev.requests, prev.errors, cur.requests, cur.errors):
         return None

@@ -4,7 +4,9 @@ Modules: :mod:`serving.config` (dataclass configuration, TOML file),
 :mod:`serving.repository` (versions, hot reload, warm-up),
 :mod:`serving.batching` (pure batcher core + threaded shell, SLO mode),
 :mod:`serving.backends` (TensorFlow SavedModel, Python, PyTorch),
-:mod:`serving.server` (gRPC service, health, drain), :mod:`serving.status`
-(local HTTP status for the sidecar agent), :mod:`serving.cli` (``wei-serve``).
-The wire protocol lives in :mod:`protocol.wire`, shared with the client SDK.
+:mod:`serving.server` (gRPC service, health, drain), :mod:`serving.reports`
+(the in-band load report and the status document), :mod:`serving.http` (the
+local HTTP endpoints the sidecar agent reads), :mod:`serving.cli` (``wei-serve``).
+The wire protocol and the status document's schema live in :mod:`protocol`,
+shared with the client SDK and the agent; this package imports no other of ours.
 """

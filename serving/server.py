@@ -23,10 +23,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from protocol import wire
+from protocol.status import StatusDoc
 from serving.config import ServerConfig
 from serving.errors import DeadlineExpired, Draining, InvalidInput, ModelNotFound, ServingError
-from serving.load import CpuMeter, build_report
+from serving.http import StatusHttp
 from serving.metrics import ServerMetrics
+from serving.reports import CpuMeter, build_report, build_status
 from serving.repository import LoadedModels, LoadedVersion, ModelManager
 
 log = logging.getLogger("serving.server")
@@ -191,7 +193,7 @@ class ModelServer:
         self.metrics = ServerMetrics(lambda: self.manager.snapshot, lambda: self._in_flight.count)
         self.service = InferenceService(self.manager, config, self.metrics, self._in_flight)
         self._grpc: grpc.Server | None = None
-        self._status: Any = None
+        self._status: StatusHttp | None = None
         self._lock = threading.Lock()
         self._models_seen: set[str] = set()
         self.phase = "created"
@@ -240,9 +242,9 @@ class ModelServer:
             self.port = self._grpc.add_insecure_port(f"{self.config.host}:{self.config.port}")
             self._grpc.start()
             if self.config.status_port is not None:
-                from serving.status import StatusServer
-                self._status = StatusServer(self, self.config.status_host,
-                                            self.config.status_port)
+                self._status = StatusHttp(self.config.status_host, self.config.status_port,
+                                          status=self.status, ready=lambda: self.ready,
+                                          metrics=self.metrics.exposition)
                 self.status_port = self._status.port
             self.manager.start()
             self.phase = "serving"
@@ -279,31 +281,11 @@ class ModelServer:
             self._status.close()
         self.manager.close()
 
-    def status(self) -> dict[str, Any]:
-        """What the sidecar agent reads: see :mod:`serving.status`."""
-        snap = self.manager.snapshot
-        models = {}
-        for model, versions in snap.items():
-            latest = versions[max(versions)]
-            st = latest.runner.stats
-            models[model] = {
-                "versions": {str(v): {"state": str(lv.state), "in_flight": lv.in_flight,
-                                      "queue_rows": lv.runner.queue_depth()}
-                             for v, lv in sorted(versions.items())},
-                "ready": True,
-                "in_flight": sum(lv.in_flight for lv in versions.values()),
-                "queue_rows": sum(lv.runner.queue_depth() for lv in versions.values()),
-                "latency_ms": {**st.percentiles_ms(),
-                               "ewma": 1000 * st.ewma_latency_s},
-                "batching": {"batch_fill": st.batch_fill, "batches": st.batches,
-                             "rows": st.rows, "batch_size_limit": latest.runner.batch_limit(),
-                             "queue_delay_ms": 1000 * st.queue_delay_s},
-                "capacity": capacity_hint(latest),
-            }
-        failures = {f"{m}/{v}": why for (m, v), why in self.manager.failures.items()}
-        return {"phase": self.phase, "ready": self.ready, "draining": self._in_flight.draining,
-                "port": self.port, "in_flight": self.in_flight, "models": models,
-                "load_failures": failures}
+    def status(self) -> StatusDoc:
+        """What the sidecar agent reads (``GET /status``): see :mod:`protocol.status`."""
+        return build_status(self.manager.snapshot, phase=self.phase, ready=self.ready,
+                            draining=self._in_flight.draining, port=self.port, in_flight=self.in_flight,
+                            failures=self.manager.failures)
 
     def __enter__(self) -> ModelServer:
         return self.start()
@@ -311,17 +293,3 @@ class ModelServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def capacity_hint(lv: LoadedVersion) -> dict[str, float]:
-    """Rows per second one version sustains at the recent batch size (0 when unknown).
-
-    Estimated from the runner's figures: batch threads x mean rows per batch /
-    EWMA latency. A hint for the agent's weight, not a promise.
-    """
-    st = lv.runner.stats
-    threads = lv.config.batching.num_batch_threads if lv.config.batching.enabled else 1
-    if st.batches == 0 or st.ewma_latency_s <= 0:
-        return {"rows_per_s": 0.0, "max_batch_size": float(lv.runner.batch_limit())}
-    rows_per_batch = st.rows / st.batches
-    return {"rows_per_s": threads * rows_per_batch / st.ewma_latency_s,
-            "max_batch_size": float(lv.runner.batch_limit())}

@@ -6,13 +6,14 @@ import socket
 
 import pytest
 
+from protocol.status import StatusDoc
 from server_agent import cli
 from server_agent.agent_config import AgentConfig, split_target
 from server_agent.capacity import detect_capacity
 from server_agent.config import CapacityConfig
 from server_agent.errors import ConfigError
 from server_agent.lifecycle import Lifecycle, Move, Phase
-from server_agent.server_io import ServerReading, parse_request_counts
+from server_agent.server_io import ServerReading, parse_request_counts, read_server
 
 W, WA, S, D, ST = Phase.WAITING, Phase.WARMING, Phase.SERVING, Phase.DRAINED, Phase.STOPPING
 
@@ -86,10 +87,42 @@ def test_request_counts_from_the_servers_metrics():
     assert parse_request_counts("garbage{{{") is None
 
 
-def test_server_reading_is_lenient():
-    r = ServerReading({"in_flight": 3, "models": {"ctr": {"versions": {"2": {}, "1": {}}}, "bad": 7}})
-    assert r.in_flight == 3 and r.models == {"ctr": [1, 2], "bad": []}
-    assert ServerReading(None).in_flight is None and ServerReading({"in_flight": True}).in_flight is None
+def test_server_reading_reads_the_status_document():
+    doc = StatusDoc.from_json({"in_flight": 3, "models": {"ctr": {"versions": {"2": {}, "1": {}}}, "lr": {}},
+                               "added_later": {"x": 1}})
+    r = ServerReading(doc)
+    assert r.in_flight == 3 and r.models == {"ctr": [1, 2], "lr": []}
+    assert ServerReading(None).in_flight is None and ServerReading(None).models is None
+
+
+def test_read_server_reports_an_unreadable_status_and_holds(tmp_path):
+    """A malformed document is no evidence: no status, a problem that names the field, not ready."""
+    import http.server
+    import threading
+
+    body = b'{"ready": true, "in_flight": true}'
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        r = read_server(f"http://127.0.0.1:{srv.server_address[1]}", timeout=5)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert r.status is None and "in_flight: expected an integer >= 0, got True" in r.problem
+    assert r.sample().ready is False
+    down = read_server("http://127.0.0.1:9", timeout=1)
+    assert down.status is None and "did not answer" in down.problem
 
 
 def test_a_sidecar_prefers_the_servers_declared_limit_over_its_own_cgroup(tmp_path):

@@ -8,16 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol.status import StatusDoc
 from server_agent.config import WeightConfig
 from server_agent.errors import ConfigError
-from server_agent.status import StatusSample, sample_from_status
-from server_agent.weight import WeightController, round_weight
+from server_agent.server_io import ServerReading
+from server_agent.weight import ServerSample, WeightController, round_weight
 
 POLL = 5.0  # seconds between status samples, as the shell polls
-HEALTHY = StatusSample(p99_ms=40.0, queue_rows=0)
+HEALTHY = ServerSample(p99_ms=40.0, queue_rows=0)
 
 
-def run(ctl: WeightController, sample: StatusSample, start: float, seconds: float) -> list:
+def run(ctl: WeightController, sample: ServerSample, start: float, seconds: float) -> list:
     """Feed ``sample`` every POLL seconds over (start, start + seconds]; return the decisions."""
     out = []
     t = start
@@ -41,36 +42,36 @@ def test_weight_rises_with_capacity():
 def test_weight_falls_while_latency_exceeds_its_target_then_holds_then_recovers():
     ctl = WeightController(capacity_score=10.0, now=0.0)
     run(ctl, HEALTHY, 0, 10)
-    weights = [d.weight for d in run(ctl, StatusSample(p99_ms=300.0), 10, 60)]
+    weights = [d.weight for d in run(ctl, ServerSample(p99_ms=300.0), 10, 60)]
     assert all(b < a for a, b in zip(weights, weights[1:], strict=False)) and weights[-1] < 5.0
     low = weights[-1]
     # Inside the band (70-100 ms against a 100 ms target) the weight holds.
-    assert {d.weight for d in run(ctl, StatusSample(p99_ms=85.0), 70, 120)} == {low}
+    assert {d.weight for d in run(ctl, ServerSample(p99_ms=85.0), 70, 120)} == {low}
     # Comfortably below it, the weight grows back to full capacity.
-    run(ctl, StatusSample(p99_ms=20.0), 190, 600)
+    run(ctl, ServerSample(p99_ms=20.0), 190, 600)
     assert ctl.weight(790) == 10.0
 
 
 def test_one_absurd_sample_moves_the_weight_a_little():
     ctl = WeightController(capacity_score=10.0, now=0.0)
     run(ctl, HEALTHY, 0, 30)
-    ctl.observe(StatusSample(p99_ms=60_000.0), 35.0)  # a minute-long GC pause
+    ctl.observe(ServerSample(p99_ms=60_000.0), 35.0)  # a minute-long GC pause
     assert ctl.weight(35.0) > 8.5
 
 
 def test_floor_holds_for_a_hopeless_pod():
     cfg = WeightConfig(floor_fraction=0.05)
     ctl = WeightController(cfg, capacity_score=20.0, now=0.0)
-    decisions = run(ctl, StatusSample(p99_ms=5000.0, queue_rows=0), 0, 900)
+    decisions = run(ctl, ServerSample(p99_ms=5000.0, queue_rows=0), 0, 900)
     assert min(d.weight for d in decisions) == 1.0 == ctl.weight(900)  # 5% of 20
-    assert ctl.step(StatusSample(ready=False), 905).weight == 1.0
+    assert ctl.step(ServerSample(ready=False), 905).weight == 1.0
 
 
 def test_publish_threshold_suppresses_small_moves():
     ctl = WeightController(capacity_score=10.0, now=0.0)
     assert ctl.decide(0.0).publish  # the first weight is always published
     # 120 ms for 15 s: the weight slips ~1%, under the 10% threshold.
-    decisions = run(ctl, StatusSample(p99_ms=120.0), 0, 15)
+    decisions = run(ctl, ServerSample(p99_ms=120.0), 0, 15)
     assert [d.publish for d in decisions] == [False] * 3
     assert decisions[-1].weight < 10.0 and "within 10% of published" in decisions[-1].reason
     assert ctl.published == 10.0
@@ -79,7 +80,7 @@ def test_publish_threshold_suppresses_small_moves():
 def test_a_big_move_publishes_at_once():
     ctl = WeightController(capacity_score=10.0, now=0.0)
     ctl.decide(0.0)
-    decisions = run(ctl, StatusSample(p99_ms=400.0), 0, 30)
+    decisions = run(ctl, ServerSample(p99_ms=400.0), 0, 30)
     first = next(d for d in decisions if d.publish)
     assert first.reason.startswith("moved 10 -> ") and first.weight < 9.0
 
@@ -87,14 +88,14 @@ def test_a_big_move_publishes_at_once():
 def test_max_interval_forces_a_publish_of_a_small_drift():
     ctl = WeightController(WeightConfig(max_interval_s=60.0), capacity_score=10.0, now=0.0)
     ctl.decide(0.0)
-    run(ctl, StatusSample(p99_ms=120.0), 0, 15)  # a small drift, then steady
-    decisions = run(ctl, StatusSample(p99_ms=85.0), 15, 60)
+    run(ctl, ServerSample(p99_ms=120.0), 0, 15)  # a small drift, then steady
+    decisions = run(ctl, ServerSample(p99_ms=85.0), 15, 60)
     published = [(i, d) for i, d in enumerate(decisions) if d.publish]
     assert len(published) == 1
     i, d = published[0]
     assert 15 + POLL * (i + 1) == 60.0 and d.reason.startswith("max interval 60s")
     # Nothing changes afterwards: nothing to write, however long.
-    assert not any(d.publish for d in run(ctl, StatusSample(p99_ms=85.0), 75, 600))
+    assert not any(d.publish for d in run(ctl, ServerSample(p99_ms=85.0), 75, 600))
 
 
 def test_slow_start_ramp_after_registration():
@@ -115,18 +116,18 @@ def test_slow_start_ramp_after_registration():
 
 def test_queue_growth_and_errors_lower_health():
     ctl = WeightController(WeightConfig(smoothing_tau_s=0), capacity_score=10.0, now=0.0)
-    ctl.observe(StatusSample(queue_rows=0, requests=0, errors=0), 5.0)
-    raw = ctl.observe(StatusSample(queue_rows=5000, requests=1000, errors=0), 10.0)  # +1000 rows/s
+    ctl.observe(ServerSample(queue_rows=0, requests=0, errors=0), 5.0)
+    raw = ctl.observe(ServerSample(queue_rows=5000, requests=1000, errors=0), 10.0)  # +1000 rows/s
     assert raw.queue == 0.5 and raw.errors == 1.0 and ctl.weight(10.0) == 5.0
-    raw = ctl.observe(StatusSample(queue_rows=100, requests=2000, errors=255), 15.0)  # 25.5% errors
+    raw = ctl.observe(ServerSample(queue_rows=100, requests=2000, errors=255), 15.0)  # 25.5% errors
     assert raw.queue == 1.0 and raw.errors == pytest.approx(0.5)
-    raw = ctl.observe(StatusSample(queue_rows=100, requests=10, errors=0), 20.0)  # counters reset: ignored
+    raw = ctl.observe(ServerSample(queue_rows=100, requests=10, errors=0), 20.0)  # counters reset: ignored
     assert raw.errors == 1.0
 
 
 def test_not_ready_drops_to_the_floor():
     ctl = WeightController(WeightConfig(smoothing_tau_s=0), capacity_score=10.0, now=0.0)
-    assert ctl.step(StatusSample(ready=False), 5.0).weight == 0.5
+    assert ctl.step(ServerSample(ready=False), 5.0).weight == 0.5
 
 
 # -- the closed loop ---------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def simulate(*, true_capacity: tuple[float, float], scores: tuple[float, float],
         for i, c in enumerate(ctls):
             busy = min(0.98, published[i] / total * demand / true_capacity[i])
             p99 = 30.0 / (1.0 - busy) * (1.0 + rng.uniform(-noise, noise))
-            d = c.step(StatusSample(p99_ms=p99, queue_rows=0), t)
+            d = c.step(ServerSample(p99_ms=p99, queue_rows=0), t)
             if d.publish:
                 published[i] = d.weight
                 publishes.append((t, i))
@@ -206,7 +207,7 @@ def test_weight_always_within_floor_and_max(steps, score):
     t = 0.0
     for dt, p99, queue, ready in steps:
         t += dt
-        w = ctl.step(StatusSample(p99_ms=p99, queue_rows=queue, ready=ready), t).weight
+        w = ctl.step(ServerSample(p99_ms=p99, queue_rows=queue, ready=ready), t).weight
         assert w > 0 and round_weight(cfg.floor_fraction * score) <= w <= round_weight(cfg.max_fraction * score)
 
 
@@ -216,13 +217,16 @@ def test_weight_always_within_floor_and_max(steps, score):
 def test_sample_from_serving_status():
     status = {"phase": "serving", "ready": True, "draining": False, "port": 8500, "in_flight": 3,
               "models": {"ctr": {"queue_rows": 40, "latency_ms": {"p50": 2.1, "p99": 6.0, "ewma": 2.4}},
-                         "lr": {"queue_rows": 2, "latency_ms": {"p99": 9.5, "ewma": "bad"}},
-                         "broken": "not a dict"}}
-    assert sample_from_status(status, requests=10, errors=1) == StatusSample(
+                         "lr": {"queue_rows": 2, "latency_ms": {"p99": 9.5}}}}
+
+    def sample(doc, **counts):
+        return ServerReading(StatusDoc.from_json(doc), **counts).sample()
+
+    assert sample(status, requests=10, errors=1) == ServerSample(
         ready=True, p99_ms=9.5, ewma_ms=2.4, queue_rows=42.0, requests=10, errors=1)
-    assert sample_from_status({**status, "draining": True}).ready is False
-    assert sample_from_status(None) == StatusSample(ready=False)
-    assert sample_from_status({"ready": True}) == StatusSample()
+    assert sample({**status, "draining": True}).ready is False
+    assert ServerReading(None).sample() == ServerSample(ready=False)
+    assert sample({"ready": True}) == ServerSample()
 
 
 @pytest.mark.parametrize("bad", [

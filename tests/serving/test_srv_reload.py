@@ -100,12 +100,12 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(tmp_path, clien
         assert server.manager.poll_once() == []          # not retried until it changes
         resp = client_for(server).predict(model="aff", inputs={"x": x(1)})
         assert resp.results["aff"].version == 1
-        assert "corrupt" in server.status()["load_failures"]["aff/2"]
+        assert "corrupt" in server.status().load_failures["aff/2"]
         path = write_python_model(tmp_path, "aff", 2, scale=4.0)  # fixed in place
         os.utime(path / "model.py", (1e10, 1e10))          # a changed file, same directory
         assert [(e.version, e.action) for e in server.manager.poll_once()] == [
             (2, "loaded"), (1, "retired"), (1, "unloaded")]
-        assert server.status()["load_failures"] == {}
+        assert server.status().load_failures == {}
 
 
 def test_stored_warmup_requests_run_before_traffic(tmp_path):

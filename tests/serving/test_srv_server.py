@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_helpers import Client, load_report, running, server_config, write_python_model, x
 
 from protocol import wire
+from protocol.status import SCHEMA_VERSION, StatusDoc
 from protocol.wire import PredictRequest
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -222,9 +223,12 @@ def test_status_endpoint_reports_models_latency_and_metrics(repo, client_for):
         for _ in range(3):
             assert_healthy(c)
         base = f"http://127.0.0.1:{server.status_port}"
-        status = json.load(urllib.request.urlopen(f"{base}/status", timeout=10))
+        body = urllib.request.urlopen(f"{base}/status", timeout=10).read()
+        status = json.loads(body)
         aff = status["models"]["aff"]
-        assert status["ready"] and status["phase"] == "serving"
+        assert status["ready"] and status["phase"] == "serving" and status["schema"] == SCHEMA_VERSION
+        doc = StatusDoc.from_json(body)  # what the agent reads: the same schema
+        assert doc.routable and doc.hosted()["aff"] == [1] and doc.models["aff"].batching.rows == 6
         assert aff["versions"]["1"]["state"] == "AVAILABLE"
         assert aff["batching"]["batches"] == 3 and aff["batching"]["rows"] == 6
         assert 0 < aff["latency_ms"]["p50"] <= aff["latency_ms"]["p99"]

@@ -41,7 +41,7 @@ def test_2000_candidate_call_is_split_batched_and_matches_the_model(ctr_repo, ba
         assert not np.allclose(expected[1], expected[2])      # two distinct versions
         latest = c.predict(model="ctr", inputs={k: v[:3] for k, v in batch.items()})
         assert latest.results["ctr"].version == 2
-        assert server.status()["models"]["ctr"]["batching"]["batches"] >= 8   # 2000 / 256
+        assert server.status().models["ctr"].batching.batches >= 8   # 2000 / 256
 
 
 def test_tf_signature_mismatch_names_what_is_expected(ctr_repo, batch, client_for):
