@@ -20,7 +20,7 @@ The process shell only drives them: :mod:`server_agent.agent` (the run loop
 and the drain -> wait -> deregister shutdown), :mod:`server_agent.server_io`
 (status reads, plugin predicts, probe handlers for the pod's server),
 :mod:`server_agent.http` (/healthz /readyz /startupz /livez /metrics /status
-/drain), :mod:`server_agent.agent_config`, :mod:`server_agent.cli`
+/drain), :mod:`server_agent.cli`
 (``wei-agent run|probe|drain|manifest``) and :mod:`server_agent.manifest`
 (the Kubernetes Deployment, built with the kubernetes client's models).
 """

@@ -41,8 +41,8 @@ from registry.publisher import Publisher
 from registry.records import InstanceRecord, State, instance_to_json
 from registry.zk import connect
 
-from .agent_config import AgentConfig
 from .capacity import CapacityReport, detect_capacity
+from .config import AgentConfig
 from .k8s import pod_info_from_api, pod_info_from_env
 from .lifecycle import Lifecycle, Move, Phase, Transition
 from .probes import EngineStatus, ProbeEngine, ProbeKind, ProbeState

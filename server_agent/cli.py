@@ -119,8 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 def build_config(args: argparse.Namespace):  # -> AgentConfig (imports kept lazy: `probe` must start fast)
     from registry.zk import ZkSettings
 
-    from .agent_config import AgentConfig
-    from .config import PluginConfig, ProbeSpec, WeightConfig
+    from .config import AgentConfig, PluginConfig, ProbeSpec, WeightConfig
 
     if not args.service:
         raise UsageError("--service is required (or set WEI_SERVICE)")

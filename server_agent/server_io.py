@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from protocol.status import StatusDoc, StatusError
 
-from .agent_config import AgentConfig
+from .config import AgentConfig
 from .plugins import PluginSet
 from .probes import HttpGetHandler, ProbeKind, ProbeResult, TcpSocketHandler
 from .probes.grpc_health import GrpcHandler

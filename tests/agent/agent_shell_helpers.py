@@ -13,9 +13,8 @@ from kazoo.client import KazooClient
 
 from registry.records import Capacity, InstanceRecord, decode_instance
 from registry.zk import ZkSettings
-from server_agent.agent_config import AgentConfig
 from server_agent.capacity import CapacityReport
-from server_agent.config import ProbeSpec, WeightConfig
+from server_agent.config import AgentConfig, ProbeSpec, WeightConfig
 from server_agent.k8s import PodInfo
 from serving.config import BatchingConfig, ModelConfig, ServerConfig
 from serving.server import ModelServer

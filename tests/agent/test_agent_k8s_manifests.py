@@ -11,7 +11,7 @@ import yaml
 from kubernetes_validate.utils import latest_version
 
 from server_agent import cli
-from server_agent.agent_config import AgentConfig
+from server_agent.config import AgentConfig
 from server_agent.manifest import ManifestConfig, deployment, render
 
 K8S = Path(__file__).resolve().parents[2] / "examples" / "k8s"

@@ -8,9 +8,8 @@ import pytest
 
 from protocol.status import StatusDoc
 from server_agent import cli
-from server_agent.agent_config import AgentConfig, split_target
 from server_agent.capacity import detect_capacity
-from server_agent.config import CapacityConfig
+from server_agent.config import AgentConfig, CapacityConfig, split_target
 from server_agent.errors import ConfigError
 from server_agent.lifecycle import Lifecycle, Move, Phase
 from server_agent.server_io import ServerReading, parse_request_counts, read_server
