@@ -32,11 +32,12 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from protocol import wire  # noqa: E402
 from registry.publisher import Publisher  # noqa: E402
 from registry.records import InstanceRecord, State  # noqa: E402
 from registry.testing import ZooKeeperEnsemble, die_with_parent, free_ports  # noqa: E402
 from registry.zk import ZkSettings, connect  # noqa: E402
-from weiclient import ClientConfig, WeiClient, wire  # noqa: E402
+from weiclient import ClientConfig, WeiClient  # noqa: E402
 
 MODEL = """
 import numpy as np
