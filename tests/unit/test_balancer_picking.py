@@ -221,3 +221,29 @@ def test_p2c_a_latency_spike_does_not_starve_an_endpoint():
         if now > spike_at + 10.0:
             counts[ep.instance_id] += 1
     assert counts["p0"] / sum(counts.values()) > 0.35
+
+
+def test_a_predict_many_pick_finds_the_one_instance_hosting_every_model():
+    """40 instances lack the second model, one hosts both: one pick finds it, every time."""
+    recs = [rec(i, models={"ctr": [1]}) for i in range(40)] + [rec(40, models={"ctr": [1], "ctr_b": [1, 2]})]
+    for policy in ("weighted_p2c", "random", "round_robin", "consistent_hash"):
+        b = balancer(policy, *recs)
+        picked = {b.pick("ctr", None, also=(("ctr_b", 2),), key=i, now=1.0).instance_id for i in range(300)}
+        assert picked == {"p40"}, policy
+    view = b.candidates.view("ctr", None, (("ctr_b", 2),))
+    assert view is b.candidates.view("ctr", None, [("ctr_b", 2)])  # memoized by the pairs
+    assert view.also == (("ctr_b", 2),) and "ctr, ctr_b v2" in repr(view)
+    shards = b.scatter("ctr", None, 10, also=(("ctr_b", None),), now=1.0)
+    assert [s.endpoint.instance_id for s in shards] == ["p40"]
+
+
+def test_a_predict_many_pick_says_which_models_no_instance_hosts_together():
+    b = balancer("random", rec(0, models={"ctr": [1]}), rec(1, models={"ctr_b": [1]}),
+                 rec(2, state=State.DRAINING, models={"ctr": [1], "ctr_c": [1]}))
+    with pytest.raises(NoEndpointAvailable) as e:
+        b.pick("ctr", 1, also=(("ctr_b", 1),), now=1.0)
+    assert e.value.why is Unavailable.NOT_HOSTED and "no instance hosts all of ctr v1, ctr_b v1" in str(e.value)
+    with pytest.raises(NoEndpointAvailable) as e:
+        b.pick("ctr", None, also=(("ctr_c", None),), now=1.0)
+    assert e.value.why is Unavailable.ALL_DRAINING and "p2 draining" in str(e.value)
+    assert b.pick("ctr", 1, now=1.0).instance_id == "p0"  # one model alone: as before

@@ -8,7 +8,7 @@ a :class:`Policy`. No module here does I/O or reads a clock.
 """
 
 from .balancer import Balancer, BalancerStats, EndpointStats
-from .candidates import Candidates, Endpoint, View, WeightTable
+from .candidates import Candidates, Endpoint, ModelVersion, View, WeightTable
 from .hashing import HashConfig, key_hash
 from .metric import PeakEwma
 from .outlier import OutlierDetection
@@ -21,8 +21,8 @@ from .weights import SlowStart
 
 __all__ = [
     "DEFAULT_POLICY", "POLICIES", "Balancer", "BalancerStats", "Candidates", "Endpoint", "EndpointState",
-    "EndpointStats", "HashConfig", "OutlierDetection", "P2CConfig", "PeakEwma", "Policy", "RandomConfig",
-    "RetryBudget", "RetryBudgetConfig", "ServerLoad", "Shard", "SlowStart", "View", "WeightTable",
+    "EndpointStats", "HashConfig", "ModelVersion", "OutlierDetection", "P2CConfig", "PeakEwma", "Policy",
+    "RandomConfig", "RetryBudget", "RetryBudgetConfig", "ServerLoad", "Shard", "SlowStart", "View", "WeightTable",
     "WrrConfig", "build_policy", "gather", "key_hash", "plan_shards", "policy_from_spec", "split_sizes",
     "valid_knobs",
 ]

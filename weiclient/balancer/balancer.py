@@ -3,8 +3,9 @@
 ::
 
     update(snapshot, now)   membership -> a new immutable Candidates vector (states carried)
-    pick(model, version, key=, exclude=, now=)
-        Candidates.view(model, version)   filter: hosts it, enabled, not draining, weight > 0
+    pick(model, version, key=, exclude=, also=, now=)
+        Candidates.view(model, version, also)
+                                          filter: hosts them all, enabled, not draining, weight > 0
         View.current(now, epoch)          filter: not ejected; effective weights, prefix sums
         selector.select(...)              P2C / WRR / random / bounded-load hash
     on_start(endpoint, now) / on_finish(endpoint, now, latency_s, ok, load_report)
@@ -25,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -33,7 +34,7 @@ from registry.membership import MembershipSnapshot
 from registry.records import State
 
 from ..errors import NoEndpointAvailable, Unavailable
-from .candidates import Candidates, Endpoint, View, WeightTable
+from .candidates import Candidates, Endpoint, ModelVersion, View, WeightTable
 from .policies import Policy
 from .sampling import sample_distinct
 from .scatter import Shard, plan_shards
@@ -143,8 +144,9 @@ class Balancer:
 
     # -- picking -------------------------------------------------------------------
 
-    def _table(self, model: str, version: int | None, now: float) -> tuple[View, WeightTable]:
-        view = self._candidates.view(model, version)
+    def _table(self, model: str, version: int | None, also: Sequence[ModelVersion],
+               now: float) -> tuple[View, WeightTable]:
+        view = self._candidates.view(model, version, also)
         if view.why is not None:
             raise NoEndpointAvailable(model, version, view.why, view.detail)
         table = view.current(now, self._weigher, self._epoch, self._soft_epoch)
@@ -155,13 +157,16 @@ class Balancer:
         return view, table
 
     def pick(self, model: str, version: int | None = None, *, key: object = None,
-             exclude: Collection[Endpoint] = frozenset(), now: float) -> Endpoint:
+             exclude: Collection[Endpoint] = frozenset(), also: Sequence[ModelVersion] = (),
+             now: float) -> Endpoint:
         """One endpoint for a request; raises :class:`NoEndpointAvailable` saying why not.
 
         ``key`` (str, bytes or int) is used by ``consistent_hash``; ``exclude``
-        holds endpoints already tried (retries); ``now`` is monotonic seconds.
+        holds endpoints already tried (retries); ``also`` names further
+        (model, version) pairs the endpoint must host (``predict_many``);
+        ``now`` is monotonic seconds.
         """
-        view, table = self._table(model, version, now)
+        view, table = self._table(model, version, also, now)
         ep = self._selector.select(view, table, key=key, exclude=exclude, now=now, rng=self._rng)
         if ep is None:
             ejected = f", {table.ejected} ejected" if table.ejected else ""
@@ -170,7 +175,8 @@ class Balancer:
         return ep
 
     def scatter(self, model: str, version: int | None, n_items: int, *, max_shards: int | None = None,
-                exclude: Collection[Endpoint] = frozenset(), now: float) -> tuple[Shard, ...]:
+                exclude: Collection[Endpoint] = frozenset(), also: Sequence[ModelVersion] = (),
+                now: float) -> tuple[Shard, ...]:
         """Split ``n_items`` across available endpoints in proportion to effective weight.
 
         With ``max_shards``, that many endpoints are drawn in proportion to
@@ -178,7 +184,7 @@ class Balancer:
         """
         if max_shards is not None and max_shards < 1:
             raise ValueError(f"max_shards: expected >= 1, got {max_shards}")
-        _, table = self._table(model, version, now)
+        _, table = self._table(model, version, also, now)
         k = len(table.endpoints) if max_shards is None else min(max_shards, len(table.endpoints))
         chosen = sorted(sample_distinct(table, self._rng, k, exclude))
         if not chosen:

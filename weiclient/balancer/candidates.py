@@ -2,8 +2,9 @@
 
 ``Candidates`` is built once per membership snapshot and never changes; the
 balancer swaps one reference to it. For each ``(model, version)`` asked for
-it memoizes a :class:`View`: the routable endpoints hosting it, or why there
-are none. A view memoizes a :class:`WeightTable`: effective weights and their
+(or each tuple of such pairs, for a call that needs several models on one
+instance) it memoizes a :class:`View`: the routable endpoints hosting all of
+them, or why there are none. A view memoizes a :class:`WeightTable`: effective weights and their
 prefix sums over the endpoints not ejected, from which a pick samples in
 O(log n) with :func:`bisect.bisect_right`.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
@@ -33,7 +34,9 @@ from ..errors import Unavailable
 from .state import EndpointKey, EndpointState
 from .weights import Weigher
 
-__all__ = ["Candidates", "Endpoint", "View", "WeightTable"]
+__all__ = ["Candidates", "Endpoint", "ModelVersion", "View", "WeightTable"]
+
+ModelVersion = tuple[str, int | None]  # a model and a version (None: any version)
 
 MAX_VIEWS = 4096  # memo cap per vector: keeps a caller cycling through bogus versions from growing it
 
@@ -108,14 +111,19 @@ def build_table(endpoints: tuple[Endpoint, ...], now: float, weigher: Weigher,
 
 
 class View:
-    """The routable endpoints hosting one model (and version), or why there are none."""
+    """The routable endpoints hosting one model (and version), or why there are none.
 
-    __slots__ = ("model", "version", "endpoints", "why", "detail", "table", "cache")
+    ``also``: further (model, version) pairs every endpoint of the view hosts
+    too (a ``predict_many`` call runs them all on one instance).
+    """
+
+    __slots__ = ("model", "version", "also", "endpoints", "why", "detail", "table", "cache")
 
     def __init__(self, model: str, version: int | None, endpoints: tuple[Endpoint, ...],
-                 why: Unavailable | None, detail: str) -> None:
+                 why: Unavailable | None, detail: str, also: tuple[ModelVersion, ...] = ()) -> None:
         self.model = model
         self.version = version
+        self.also = also
         self.endpoints = endpoints
         self.why = why
         self.detail = detail
@@ -131,8 +139,8 @@ class View:
         return t
 
     def __repr__(self) -> str:
-        ver = "" if self.version is None else f" v{self.version}"
-        return f"<View {self.model}{ver}: {len(self.endpoints)} endpoint(s)>"
+        names = _names(((self.model, self.version), *self.also))
+        return f"<View {names}: {len(self.endpoints)} endpoint(s)>"
 
 
 class Candidates:
@@ -147,32 +155,47 @@ class Candidates:
         self.endpoints = endpoints  # routable, in snapshot (id) order
         self.records = records      # every member, routable or not (for diagnostics)
         self.states = states        # every member's state, carried into the next vector
-        self._views: dict[tuple[str, int | None], View] = {}
+        # keyed by (model, version), or by ((model, version), *also) when more are needed
+        self._views: dict[tuple[Any, ...], View] = {}
 
     @classmethod
     def empty(cls, service: str = "") -> Candidates:
         return cls(service, -1, (), (), {})
 
-    def view(self, model: str, version: int | None = None) -> View:
-        v = self._views.get((model, version))
+    def view(self, model: str, version: int | None = None, also: Sequence[ModelVersion] = ()) -> View:
+        """The endpoints hosting ``model``/``version`` and every (model, version) in ``also``."""
+        if also:
+            also = tuple(also)
+            key: tuple[Any, ...] = ((model, version), *also)
+        else:
+            key = (model, version)
+        v = self._views.get(key)
         if v is None:
-            v = self._make_view(model, version)
+            v = self._make_view(model, version, also)
             if len(self._views) < MAX_VIEWS:
-                v = self._views.setdefault((model, version), v)
+                v = self._views.setdefault(key, v)
         return v
 
-    def _make_view(self, model: str, version: int | None) -> View:
-        eps = tuple(ep for ep in self.endpoints if ep.record.hosts_model(model, version))
+    def _make_view(self, model: str, version: int | None, also: tuple[ModelVersion, ...]) -> View:
+        wanted = ((model, version), *also)
+
+        def hosts_all(r: InstanceRecord) -> bool:
+            return all(r.hosts_model(m, v) for m, v in wanted)
+
+        eps = tuple(ep for ep in self.endpoints if hosts_all(ep.record))
         if eps:
-            return View(model, version, eps, None, "")
+            return View(model, version, eps, None, "", also)
         if not self.records:
-            return View(model, version, (), Unavailable.NO_INSTANCES, f"membership version {self.version}")
-        hosting = [r for r in self.records if r.hosts_model(model, version)]
+            return View(model, version, (), Unavailable.NO_INSTANCES, f"membership version {self.version}", also)
+        hosting = [r for r in self.records if hosts_all(r)]
         if not hosting:
-            return View(model, version, (), Unavailable.NOT_HOSTED, _hosted_summary(self.records))
+            summary = _hosted_summary(self.records)
+            if also:
+                summary = f"no instance hosts all of {_names(wanted)}; {summary}"
+            return View(model, version, (), Unavailable.NOT_HOSTED, summary, also)
         states = ", ".join(f"{r.id} {_not_routable_why(r)}" for r in hosting[:5])
         more = f" (+{len(hosting) - 5})" if len(hosting) > 5 else ""
-        return View(model, version, (), Unavailable.ALL_DRAINING, states + more)
+        return View(model, version, (), Unavailable.ALL_DRAINING, states + more, also)
 
     def __len__(self) -> int:
         return len(self.endpoints)
@@ -199,3 +222,7 @@ def _hosted_summary(records: Iterable[InstanceRecord]) -> str:
         return "the instances host no models"
     shown = ", ".join(f"{m} {sorted(vs)}" for m, vs in sorted(hosted.items())[:8])
     return f"hosted: {shown}"
+
+
+def _names(wanted: Iterable[ModelVersion]) -> str:
+    return ", ".join(m if v is None else f"{m} v{v}" for m, v in wanted)
