@@ -5,8 +5,9 @@
 
 Membership and service config come from ZooKeeper watchers running on their
 own threads; the request path reads immutable snapshots and the balancer's
-current vector and does no ZooKeeper I/O. See :mod:`weiclient.transport`
-for retries and hedging and :mod:`weiclient.balancer` for the policies.
+current vector and does no ZooKeeper I/O. See :mod:`weiclient.attempts`
+for retries and hedging, :mod:`weiclient.transport` for the gRPC drivers and
+:mod:`weiclient.balancer` for the policies.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from registry.service_config import ConfigSnapshot, ConfigWatcher, ServiceConfig
 from registry.watcher import MembershipWatcher, WatcherConfig
 from registry.zk import RegistryPaths, ZkSettings, connect
 
+from .attempts import Plan
 from .balancer import Balancer, BalancerStats, build_policy, key_hash, policy_from_spec
 from .config import ClientConfig
 from .errors import ClientClosed, InvalidBalancerConfig, InvalidInput, NoEndpointAvailable, Unavailable, WeiClientError
 from .metrics import ClientMetrics, EndpointCollector, NullMetrics
-from .transport import Plan, Transport
+from .transport import Transport
 
 __all__ = ["ClientStats", "WeiClient"]
 
@@ -73,7 +75,8 @@ class WeiClient:
         self._balancer = Balancer(fixed, rng=self._rng, service=service)
         self._policy_spec: Any = None
         self._service_config = ServiceConfig()
-        self._transport = Transport(cfg, lambda: self._balancer, clock=clock, sleep=sleep, metrics=self._metrics)
+        self._transport = Transport(cfg, lambda: self._balancer, clock=clock, sleep=sleep, metrics=self._metrics,
+                                    rng=self._rng)
         self._scatter_pool: ThreadPoolExecutor | None = None
         paths = RegistryPaths(root or cfg.root)
         self._zk = connect(ZkSettings(hosts=zk, root=paths.root, session_timeout_s=cfg.zk_session_timeout_s,
@@ -98,11 +101,8 @@ class WeiClient:
 
     def _on_membership(self, snap: MembershipSnapshot) -> None:
         with self._lock:
-            now = self._clock()
-            self._balancer.update(snap, now)
-            self._transport.pool.retain((r.endpoint for r in snap.instances.values()), now)
-            if self._transport.aio_pool is not None:
-                self._transport.aio_pool.retain((r.endpoint for r in snap.instances.values()), now)
+            self._balancer.update(snap, self._clock())
+            self._transport.retain(r.endpoint for r in snap.instances.values())
 
     def _on_config(self, snap: ConfigSnapshot) -> None:
         with self._lock:
@@ -122,9 +122,13 @@ class WeiClient:
                 log.info("service %s: balancer policy now %s", self.service, policy.name)
 
     def _housekeeping(self) -> None:
+        """Close channels (sync, and asyncio on their loop) whose instance left over ``close_grace_s`` ago."""
         period = min(1.0, self.config.channel.close_grace_s / 2)
         while not self._stop.wait(period):
-            self._transport.pool.reap(self._clock())
+            try:
+                self._transport.reap()
+            except Exception:  # the thread must outlive one bad reap
+                log.exception("service %s: reaping channels failed", self.service)
 
     # -- the API ---------------------------------------------------------------------------
 
@@ -240,7 +244,7 @@ class WeiClient:
         deadline = self._deadline(timeout)
         payload = _encode(wire.PredictRequest(models=resolved, inputs=_arrays(inputs), outputs=outputs))
         return Plan(model=first, version=resolved[first], payload=payload, deadline=deadline, key=key,
-                    also={m: resolved[m] for m in rest})
+                    also=tuple((m, resolved[m]) for m in rest))
 
     def _scatter_executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -272,7 +276,7 @@ class WeiClient:
             service=self.service, membership_version=snap.version, members=len(snap), stale=snap.stale,
             staleness_s=self._watcher.staleness(), config_version=self._config_watcher.snapshot.version,
             splits=self._service_config.splits, balancer=self._balancer.stats(self._clock()),
-            channels=tuple(self._transport.pool.addresses))
+            channels=tuple(self._transport.channels))
 
     def close(self) -> None:
         """Stop watching, close channels and the ZooKeeper session. Idempotent."""
@@ -291,8 +295,7 @@ class WeiClient:
 
     async def aclose(self) -> None:
         self.close()
-        if self._transport.aio_pool is not None:
-            await self._transport.aio_pool.close()
+        await self._transport.aclose()
 
     def __enter__(self) -> WeiClient:
         return self

@@ -253,3 +253,34 @@ def test_hedging_answers_from_the_fast_instance_and_cancels_the_loser(cluster, c
 def _hedges(outcome: str) -> float:
     return sum(s.value for m in REGISTRY.collect() if m.name == "weiclient_hedges" for s in m.samples
                if s.labels.get("outcome") == outcome and s.name.endswith("_total"))
+
+
+def test_asyncio_retries_and_hedges_like_the_sync_driver(cluster, client_for):
+    from weiclient.config import HedgingConfig
+
+    cluster.add(weight=9.0)
+    cluster.add(weight=1.0, delay_s=0.1)
+    dead = cluster.add(weight=1.0)
+    client = client_for(balancer="random", hedging=HedgingConfig(enabled=True, percentile=0.5, budget_ratio=0.5),
+                        timeout_s=2.0)
+    client._rng.seed(2)
+    client._balancer._rng.seed(2)
+    wait_members(client, 3)
+    dead.kill()  # still registered: calls to it fail UNAVAILABLE and are retried elsewhere
+
+    async def main() -> Counter:
+        for _ in range(64):  # latency samples for the hedge delay (and a few retries)
+            await client.apredict("ctr", {"x": x(1)})
+        assert client._transport.latency.delay is not None
+        counts: Counter = Counter()
+        for _ in range(100):
+            counts[int((await client.apredict("ctr", {"x": x(1)}))["who"][0])] += 1
+        await client.aclose()
+        return counts
+
+    hedges_before, retries_before = _hedges("backup_won"), retries()
+    answered = asyncio.run(main())
+    assert answered[1] == 0 and answered[2] == 0, answered
+    assert _hedges("backup_won") > hedges_before and retries() > retries_before
+    eps = {e.instance_id: e for e in client.stats().balancer.endpoints}
+    assert all(e.in_flight == 0 for e in eps.values()), eps
