@@ -207,7 +207,10 @@ class WeightConfig:
     - ``ramp_s`` (60): slow start after (re)registration, linear from the floor.
       Long enough to warm caches and JIT paths of a freshly loaded model and for
       every client to see the pod before it gets its full share; short enough
-      that a rolling update of 100 pods does not take hours.
+      that a rolling update of 100 pods does not take hours. This is the
+      system's one slow start: clients add none to a WARMING record (the
+      argument is in :class:`weiclient.balancer.SlowStart`), so a new pod's
+      first share is ``floor_fraction`` of its weight.
     - ``publish_threshold`` (10% relative) and ``max_interval_s`` (60): write to
       ZooKeeper only on a real move, or at most once a minute for drift.
     """

@@ -114,12 +114,27 @@ def test_slow_start_aggression_and_refresh():
     assert SlowStart(window_s=0.0).factor(0.0) == 1.0
 
 
-def test_re_registration_while_warming_ramps_again_but_a_serving_one_does_not():
+def test_a_re_registration_gets_no_client_ramp_serving_or_warming():
     b = make(rec(0), rec(1, registration_time_ms=1))
     update(b, rec(0), rec(1, registration_time_ms=2), now=50.0)
     assert row(b, "p1", 50.0).ramp == 1.0  # SERVING: a session re-registration, the pod is warm
-    update(b, rec(0), rec(1, registration_time_ms=3, state=State.WARMING), now=60.0, version=3)
-    assert row(b, "p1", 60.0).ramp == pytest.approx(0.1)
+    update(b, rec(0), rec(1, registration_time_ms=3, state=State.WARMING, weight=0.05), now=60.0, version=3)
+    assert row(b, "p1", 60.0).ramp == 1.0  # WARMING: its agent ramps the published weight
+    assert row(b, "p1", 60.0).effective_weight == pytest.approx(0.05)
+
+
+def test_a_warming_pod_is_never_ramped_by_the_client_even_after_it_turns_serving():
+    """One slow start: the agent's. Neither the WARMING join nor the promotion starts a client ramp."""
+    b = make(rec(0), rec(1))
+    update(b, rec(0), rec(1), rec(2, state=State.WARMING, weight=0.05), now=100.0)
+    assert row(b, "p2", 100.0).ramp == 1.0 and row(b, "p2", 100.0).effective_weight == pytest.approx(0.05)
+    update(b, rec(0), rec(1), rec(2, state=State.SERVING, weight=1.0), now=160.0, version=3)
+    assert row(b, "p2", 160.0).ramp == 1.0 and row(b, "p2", 160.0).effective_weight == 1.0
+    # a client ramp already running (the pod joined SERVING) stops when its agent starts one
+    update(b, rec(0), rec(1), rec(2), rec(3), now=200.0, version=4)
+    assert row(b, "p3", 200.0).ramp == pytest.approx(0.1)
+    update(b, rec(0), rec(1), rec(2), rec(3, state=State.WARMING, weight=0.05), now=201.0, version=5)
+    assert row(b, "p3", 201.0).ramp == 1.0
 
 
 def test_an_endpoint_back_from_draining_is_ramped():

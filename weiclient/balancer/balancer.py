@@ -127,12 +127,11 @@ class Balancer:
                 st = prev.states.get(key)
                 if st is None:
                     st = EndpointState(key, ramp_start=None, registration_ms=rec.registration_time_ms)
-                elif st.registration_ms != rec.registration_time_ms:
-                    st.registration_ms = rec.registration_time_ms
-                    if ramp and rec.state is State.WARMING:  # the process restarted: warm it again
-                        st.ramp_start = now
-                if ramp and rec.routable and key not in was_routable:
-                    st.ramp_start = now  # new to us, or back from draining
+                st.registration_ms = rec.registration_time_ms
+                if rec.state is State.WARMING:
+                    st.ramp_start = None  # its agent ramps the published weight: one ramp, not two (SlowStart)
+                elif ramp and rec.routable and key not in was_routable:
+                    st.ramp_start = now  # joined at full weight, new to us or back from draining: ramp it here
                 states[key] = st
                 if rec.routable:
                     endpoints.append(Endpoint(rec.id, rec.endpoint, rec.weight, rec, st))

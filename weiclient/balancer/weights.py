@@ -1,10 +1,10 @@
 """Effective weight: published weight x slow-start ramp x local health.
 
-The published weight is the pod's own estimate of its capacity now (its
-agent already ramps it after registration). The client multiplies in what
-only it can see: that *it* has just started sending to the endpoint (slow
-start, so a pod that every client discovers at once is not hit by all of
-them at full weight) and that its requests there fail (health).
+The published weight is the pod's own estimate of its capacity now, and
+while the pod is WARMING its agent ramps it (see :class:`SlowStart` for why
+that ramp is the one). The client multiplies in what only it can see: its
+requests there fail (health), and, for a pod that joined at full weight with
+no agent ramping it, its own slow start.
 
 Effective weights change with time during a ramp; rather than recomputing
 them per pick, weight tables are rebuilt every ``refresh_s`` while anything
@@ -24,9 +24,24 @@ __all__ = ["SlowStart", "Weigher"]
 
 @dataclass(frozen=True, kw_only=True)
 class SlowStart:
-    """Knobs of the ramp an endpoint gets when this client first sees it (or it re-registers WARMING).
+    """The client's ramp: only for a pod that joins at full weight with nobody ramping it.
 
-    ``window_s`` (30 s): TensorFlow serving pods reach steady latency after
+    **One slow start, and the agent owns it.** A pod warms up under its
+    *total* load, the sum over every client. The agent's ramp (WARMING, from
+    ``WeightConfig.floor_fraction`` = 5 % of the weight to 100 % over
+    ``ramp_s`` = 60 s, in :mod:`server_agent.weight`) is published in the
+    record, so every client, including one that starts mid-ramp, applies the
+    same fraction at the same moment and the pod's total load follows it. A
+    client's ramp sees only its own traffic: it starts when *this* client
+    meets the pod, so across clients it bounds nothing in aggregate, and
+    multiplied with the agent's it made a new pod start at 0.5 % (5 % x 10 %)
+    of its weight. So a WARMING record gets no client ramp (its factor is 1:
+    the first effective weight is the published 5 %), and neither does the
+    same pod when it turns SERVING. The client ramps only what no agent
+    ramps: a pod that appears, or comes back from draining, already SERVING
+    (registered by another tool than ``wei-agent``).
+
+    Knobs: ``window_s`` (30 s): TensorFlow serving pods reach steady latency after
     their first batches have traced and compiled graphs and filled caches,
     which takes seconds to tens of seconds; 30 s (a common Envoy setting)
     covers that without keeping new capacity idle for long during a
