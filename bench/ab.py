@@ -29,12 +29,17 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(tree: Path, argv: list[str]) -> str:
+def run(tree: Path, argv: list[str], console: Console, tries: int = 2) -> str:
+    """The benchmark's output; a failed run (a crashed helper process, say) is tried again once."""
     env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "250", "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, *argv], cwd=tree, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed at {tree} (exit {done.returncode}): {done.stderr.strip()[-500:]}")
-    return done.stdout
+    for attempt in range(1, tries + 1):
+        done = subprocess.run([sys.executable, *argv], cwd=tree, env=env, capture_output=True, text=True,
+                              check=False)
+        if done.returncode == 0:
+            return done.stdout
+        why = done.stderr.strip().splitlines()[-1:] or ["no message"]
+        console.print(f"{argv[0]} failed at {tree} (exit {done.returncode}, try {attempt}/{tries}): {why[0]}")
+    raise SystemExit(f"{argv[0]} failed {tries} times at {tree}")
 
 
 def rows(output: str, column: str) -> dict[str, float]:
@@ -65,7 +70,7 @@ def main() -> int:
     argv = args.bench[1:] if args.bench[:1] == ["--"] else args.bench
     if not argv:
         ap.error("name the benchmark after --")
-    console = Console()
+    console = Console(width=160)
     with tempfile.TemporaryDirectory(prefix="wei-ab-") as tmp:
         base = Path(tmp) / "base"
         made = subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base], cwd=ROOT,
@@ -78,7 +83,7 @@ def main() -> int:
             for i in range(args.rounds):
                 for side, tree in (("base", base), ("head", ROOT)):
                     console.print(f"round {i + 1}/{args.rounds}: {side}", style="dim")
-                    results[side].append(rows(run(tree, argv), args.column))
+                    results[side].append(rows(run(tree, argv, console), args.column))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
     table = Table(title=f"{' '.join(argv)}: '{args.column}', median of {args.rounds} alternating rounds")
