@@ -31,6 +31,9 @@ BATCH_FLAGS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
                "num_batch_threads", "slo_p99_ms")
 
 
+RESPONSE_FLUSH_S = 2.0
+"""After a clean drain, how long gRPC may take to write the last responses (it returns once done)."""
+
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(s) for s in text.split(",") if s)
@@ -100,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wei-serve: error: {exc}", file=sys.stderr)
         return 2
     signals = []
+    drained: list[bool] = []   # the drain's verdict: every in-flight call finished within the grace
     done = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
         signals.append(signum)
         if len(signals) == 1:
-            threading.Thread(target=lambda: (server.drain(), done.set()), daemon=True).start()
+            threading.Thread(target=lambda: (drained.append(server.drain()), done.set()), daemon=True).start()
         else:   # forced: do not wait for anything, in-flight calls are cut off
             print("wei-serve: second signal, exiting now", file=sys.stderr, flush=True)
             os._exit(1)
@@ -118,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{config.host}:{server.port}{status}", flush=True)
     while not done.wait(0.5):   # wake periodically so the signal handler runs on the main thread
         pass
-    server.stop(0)
+    # A call counts as finished when its handler returns, a moment before gRPC has written
+    # the response: stopping with grace 0 then could still cut it off ("Cancelling all calls").
+    # grpc's stop(grace) returns as soon as nothing is left, so after a clean drain it costs
+    # nothing; after a drain that ran out of grace the calls still running are cut at once.
+    server.stop(RESPONSE_FLUSH_S if drained and drained[0] else 0.0)
     print("wei-serve: drained, bye", file=sys.stderr, flush=True)
     return 0
 
