@@ -12,8 +12,27 @@ own model server behind ``wei-agent`` answers the same document::
          "latency_ms": {"p50": 2.1, "p90": 3.4, "p99": 6.0, "ewma": 2.4},
          "batching": {"batch_fill": 0.6, "batches": 812, "rows": 51234,
                       "batch_size_limit": 256, "queue_delay_ms": 0.8},
-         "capacity": {"rows_per_s": 41000.0, "max_batch_size": 256.0}}},
+         "capacity": {"rows_per_s": 41000.0, "max_batch_size": 256.0},
+         "work": {"busy_s": 12.5, "rows": 51234, "requests": 812, "batches": 812,
+                  "batch_threads": 2},
+         "window": {"span_s": 10.0, "rows_per_s": 3300.0, "requests_per_s": 52.0,
+                    "busy_fraction": 0.4, "mean_batch_rows": 63.1}}},
      "load_failures": {"ctr/3": "why version 3 did not load"}}
+
+What the figures mean (per model; its newest version's runner, except the
+per-version and summed counts):
+
+- ``work``: counters since the version was loaded, never decreasing: time
+  inside the model summed over the batch threads (``busy_s``), rows,
+  requests and batches completed. A reader that polls takes differences:
+  ``rows / busy_s x batch_threads`` over its own interval is the rows per
+  second the model can do at the batch sizes it ran.
+- ``window``: the last ``span_s`` seconds (10 s when the server is older):
+  throughput, busy fraction (0..1), mean rows per batch.
+- ``latency_ms``: percentiles over the same window; null when no request
+  finished in it, so an idle server's old tail ages out (``ewma`` does not).
+- ``capacity.rows_per_s``: the window's throughput / busy fraction; null
+  while the window holds too little model time to tell.
 
 Reading is lenient where a newer or smaller producer may differ, strict
 where a value is wrong:
@@ -39,7 +58,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 __all__ = ["SCHEMA_VERSION", "Batching", "CapacityHint", "Latency", "ModelStatus", "StatusDoc", "StatusError",
-           "VersionStatus"]
+           "VersionStatus", "Window", "Work"]
 
 SCHEMA_VERSION = 1
 T = TypeVar("T")
@@ -122,10 +141,30 @@ class Batching:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CapacityHint:
-    """Rows per second the newest version sustains at its recent batch size (0 = unknown)."""
+    """Rows per second the newest version can do at its recent batch sizes (None = unknown)."""
 
     rows_per_s: float | None = None
     max_batch_size: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Work:
+    """Counters since load (see the module docstring): a poller's differences are exact."""
+
+    busy_s: float | None = None
+    rows: int | None = None
+    requests: int | None = None
+    batches: int | None = None
+    batch_threads: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Window:
+    span_s: float | None = None
+    rows_per_s: float | None = None
+    requests_per_s: float | None = None
+    busy_fraction: float | None = None
+    mean_batch_rows: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -144,6 +183,8 @@ class ModelStatus:
     latency_ms: Latency = field(default_factory=Latency)
     batching: Batching = field(default_factory=Batching)
     capacity: CapacityHint = field(default_factory=CapacityHint)
+    work: Work = field(default_factory=Work)
+    window: Window = field(default_factory=Window)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "versions", MappingProxyType(dict(sorted(self.versions.items()))))
@@ -225,7 +266,8 @@ class StatusDoc:
 def _model_dict(m: ModelStatus) -> dict[str, Any]:
     return {"versions": {str(v): asdict(vs) for v, vs in m.versions.items()}, "ready": m.ready,
             "in_flight": m.in_flight, "queue_rows": m.queue_rows, "latency_ms": asdict(m.latency_ms),
-            "batching": asdict(m.batching), "capacity": asdict(m.capacity)}
+            "batching": asdict(m.batching), "capacity": asdict(m.capacity), "work": asdict(m.work),
+            "window": asdict(m.window)}
 
 
 def _version_key(where: str, key: Any) -> int:
@@ -238,6 +280,9 @@ _BATCHING = {"batch_fill": _figure, "batches": _count, "rows": _count, "batch_si
              "queue_delay_ms": _figure}
 _CAPACITY = {"rows_per_s": _figure, "max_batch_size": _figure}
 _VERSION = {"state": _text, "in_flight": _count, "queue_rows": _count}
+_WORK = {"busy_s": _figure, "rows": _count, "requests": _count, "batches": _count, "batch_threads": _count}
+_WINDOW = {"span_s": _figure, "rows_per_s": _figure, "requests_per_s": _figure, "busy_fraction": _figure,
+           "mean_batch_rows": _figure}
 
 
 def _read_model(where: str, obj: Any) -> ModelStatus:
@@ -249,4 +294,6 @@ def _read_model(where: str, obj: Any) -> ModelStatus:
                        queue_rows=_count(f"{where}.queue_rows", obj.get("queue_rows")),
                        latency_ms=_parts(Latency, f"{where}.latency_ms", obj.get("latency_ms"), _LATENCY),
                        batching=_parts(Batching, f"{where}.batching", obj.get("batching"), _BATCHING),
-                       capacity=_parts(CapacityHint, f"{where}.capacity", obj.get("capacity"), _CAPACITY))
+                       capacity=_parts(CapacityHint, f"{where}.capacity", obj.get("capacity"), _CAPACITY),
+                       work=_parts(Work, f"{where}.work", obj.get("work"), _WORK),
+                       window=_parts(Window, f"{where}.window", obj.get("window"), _WINDOW))

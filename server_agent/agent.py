@@ -32,17 +32,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kazoo.client import KazooClient
 
 from registry.publisher import Publisher
-from registry.records import InstanceRecord, State, instance_to_json
+from registry.records import Capacity, InstanceRecord, State, instance_to_json
 from registry.zk import connect
 
 from .capacity import CapacityReport, detect_capacity
 from .config import AgentConfig
+from .estimator import CapacityEstimator
 from .k8s import pod_info_from_api, pod_info_from_env
 from .lifecycle import Lifecycle, Move, Phase, Transition
 from .probes import EngineStatus, ProbeEngine, ProbeKind, ProbeState
@@ -70,6 +71,7 @@ class AgentView:
     health: Health  # the latest sample's raw factors
     health_factor: float  # the health the weight is computed with (integrator x smoothed factors)
     ramp: float
+    estimator: CapacityEstimator  # read-only here: the loop owns it
     server: ServerReading | None
     zk_connected: bool
     zk_writes: int
@@ -103,6 +105,7 @@ class Agent:
         self._life = Lifecycle()
         self._publisher: Publisher | None = None
         self._ctl: WeightController | None = None
+        self._estimator: CapacityEstimator | None = None
         self._engine: ProbeEngine | None = None
         self._reading: ServerReading | None = None
         self._counts: Counter[tuple[str, bool]] = Counter()
@@ -135,7 +138,11 @@ class Agent:
             now = self._clock()
             self._engine = ProbeEngine(started_at=now, startup=cfg.startup, readiness=cfg.readiness,
                                        liveness=cfg.liveness)
-            self._ctl = WeightController(cfg.weight, capacity_score=self._capacity.score, now=now)
+            cap = self._capacity
+            calibrated = cap.capacity.samples_per_s is not None
+            prior = cap.score if calibrated else cap.score * cfg.samples_per_core_s
+            self._estimator = CapacityEstimator(cfg.estimator, prior=prior, calibrated=calibrated)
+            self._ctl = WeightController(cfg.weight, capacity_score=prior, now=now)
             if self._zk is None:
                 self._zk = connect(cfg.zk, wait=False)
             self._publish_view(now)
@@ -238,7 +245,8 @@ class Agent:
             log.warning("agent %s: %s", self.config.instance_id, reading.problem)
         self._reading = reading
         if reading.status is not None:  # unreadable status: no evidence either way, hold the weight
-            assert self._ctl is not None
+            assert self._ctl is not None and self._estimator is not None
+            self._ctl.set_capacity_score(self._estimator.observe(reading.work()))
             self._ctl.observe(reading.sample(), now)
 
     def _why(self) -> str:
@@ -268,6 +276,7 @@ class Agent:
             d = ctl.decide(now)
             if d.publish:
                 changes["weight"] = d.weight
+                changes["capacity"] = self._measured_capacity()
                 log.info("agent %s: weight %s", self.config.instance_id, d.reason)
             models = self._reading.models if self._reading is not None else None
             if models is not None and models != {k: list(v) for k, v in self._publisher.record.models.items()}:
@@ -293,6 +302,12 @@ class Agent:
             self._publisher.enable(weight=ctl.decide(now).weight, state=State.WARMING)
         elif t.move is Move.PROMOTE and self._publisher is not None:
             self._publisher.update(state=State.SERVING, weight=ctl.decide(now).weight)
+
+    def _measured_capacity(self) -> Capacity:
+        """The detected capacity, with the estimate as ``samples_per_s`` once evidence exists."""
+        assert self._capacity is not None and self._estimator is not None
+        cap, est = self._capacity.capacity, self._estimator
+        return replace(cap, samples_per_s=round(est.value, 1)) if est.evidence_s > 0 else cap
 
     def _record(self, weight: float) -> InstanceRecord:
         cfg, cap = self.config, self._capacity
@@ -351,6 +366,7 @@ class Agent:
             phase=self._life.phase, engine=engine.snapshot(), capacity=self._capacity, weight=ctl.weight(now),
             published_weight=pub.record.weight if pub is not None and self._life.phase.registered else None,
             health=ctl.last_health, health_factor=ctl.health, ramp=ctl.ramp(now), server=self._reading,
+            estimator=self._estimator,
             zk_connected=bool(self._zk is not None and self._zk.connected),
             zk_writes=pub.stats.writes if pub is not None else 0, weight_publishes=ctl.publishes,
             probe_results=dict(self._counts), heartbeat=now, last_transition=self._last_transition,

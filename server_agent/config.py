@@ -25,6 +25,7 @@ from registry.records import check_name
 from registry.zk import ZkSettings
 
 from .errors import ConfigError
+from .estimator import EstimatorConfig
 
 __all__ = [
     "AgentConfig",
@@ -290,6 +291,13 @@ class AgentConfig:
     that long to finish (a ranking call takes well under a second; 20 s
     covers a queue that was full). ``status_poll_s`` (5 s): the weight
     controller's pace; at most one ``/status`` and one ``/metrics`` read each.
+
+    Capacity: the weight is measured samples per second (see
+    :mod:`server_agent.estimator`). Until the server has done some work it is
+    the prior: the calibrated samples/s (``wei-agent run --calibrate``), else
+    declared cores x ``samples_per_core_s`` (1,000: a guess that only orders
+    pods for their first seconds of traffic; evidence outweighs it within one
+    second of model time).
     """
 
     service: str
@@ -310,6 +318,8 @@ class AgentConfig:
     readiness: ProbeSpec = field(default_factory=lambda: ProbeSpec(period_seconds=2.0, timeout_seconds=5.0))
     liveness: ProbeSpec = field(default_factory=lambda: ProbeSpec(period_seconds=5.0))
     weight: WeightConfig = field(default_factory=WeightConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    samples_per_core_s: float = 1000.0
     status_poll_s: float = 5.0
     drain_wait_s: float = 5.0
     in_flight_timeout_s: float = 20.0
@@ -335,6 +345,7 @@ class AgentConfig:
         if isinstance(self.http_port, bool) or not isinstance(self.http_port, int) or not 0 <= self.http_port <= 65535:
             raise ConfigError("http_port", "a port in 0..65535 (0 picks a free one)", self.http_port)
         _number("status_poll_s", self.status_poll_s, strict=True)
+        _number("samples_per_core_s", self.samples_per_core_s, strict=True)
         _number("drain_wait_s", self.drain_wait_s)
         _number("in_flight_timeout_s", self.in_flight_timeout_s)
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))

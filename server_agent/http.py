@@ -89,6 +89,8 @@ def agent_status(view: AgentView, now: float) -> dict[str, Any]:
         "weight": view.weight, "published_weight": view.published_weight, "ramp": view.ramp,
         "health": {"latency": view.health.latency, "queue": view.health.queue, "errors": view.health.errors},
         "capacity": {**view.capacity.capacity.to_json(), "score": view.capacity.score,
+                     "measured_samples_per_s": view.estimator.value, "prior_samples_per_s": view.estimator.prior,
+                     "confidence": view.estimator.confidence, "evidence_s": view.estimator.evidence_s,
                      "notes": list(view.capacity.notes)},
         "server": {"in_flight": srv.in_flight if srv else None, "reachable": bool(srv and srv.status is not None),
                    "problem": srv.problem if srv else None},
@@ -108,7 +110,12 @@ class _Collector(Collector):
         yield g("wei_agent_weight", "Weight the controller holds now", value=v.weight)
         yield g("wei_agent_published_weight", "Weight in ZooKeeper (0 while unregistered or drained)",
                 value=v.published_weight or 0.0)
-        yield g("wei_agent_capacity_score", "Capacity score the weight scales", value=v.capacity.score)
+        yield g("wei_agent_capacity_score", "Declared or calibrated capacity (the estimate's prior basis)",
+                value=v.capacity.score)
+        yield g("wei_agent_capacity_samples_per_second", "Measured capacity the weight scales",
+                value=v.estimator.value)
+        yield g("wei_agent_capacity_confidence", "Evidence / (evidence + prior weight), 0..1",
+                value=v.estimator.confidence)
         yield g("wei_agent_capacity_cpu_cores", "CPU cores detected", value=v.capacity.capacity.cpu_cores)
         yield g("wei_agent_capacity_gpus", "GPUs detected", value=v.capacity.capacity.gpu_count)
         yield g("wei_agent_health", "Health factor in [0, 1] the weight is computed with",

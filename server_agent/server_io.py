@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from protocol.status import StatusDoc, StatusError
 
 from .config import AgentConfig
+from .estimator import WorkTotals
 from .plugins import PluginSet
 from .probes import HttpGetHandler, ProbeKind, ProbeResult, TcpSocketHandler
 from .probes.grpc_health import GrpcHandler
@@ -79,6 +80,15 @@ class ServerReading:
     def models(self) -> dict[str, list[int]] | None:
         """{model: [versions]} as loaded, for the registry record; None when unknown."""
         return self.status.hosted() if self.status is not None else None
+
+    def work(self) -> WorkTotals | None:
+        """Rows and full-use seconds summed over the models that report their work; None if none does."""
+        models = self.status.models.values() if self.status is not None else ()
+        parts = [(m.work.rows, m.work.busy_s / (m.work.batch_threads or 1)) for m in models
+                 if m.work.rows is not None and m.work.busy_s is not None]
+        if not parts:
+            return None
+        return WorkTotals(rows=sum(r for r, _ in parts), busy_s=sum(b for _, b in parts))
 
     def sample(self) -> ServerSample:
         """What the weight controller reads of this poll (a server that did not answer is not ready)."""

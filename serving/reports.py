@@ -5,11 +5,16 @@ report travels on every response to the clients (fast, small), the
 :class:`~protocol.status.StatusDoc` answers the agent's ``GET /status``
 (slow, complete).
 
-Load report named metrics (see :mod:`protocol.wire`): ``in_flight`` (server-wide calls
-in progress), ``queue_depth`` (rows waiting in all batch queues),
-``batch_fill`` and ``ewma_latency_ms`` (of the models this call used, or of
-all models when it used none). ``cpu_utilization`` is this process's CPU
-time over the last second divided by the CPUs it may use.
+Load report (see :mod:`protocol.wire`), over the models this call used (all
+models when it used none), from the runners' last 10 s:
+``application_utilization`` (mean busy fraction of their batch threads),
+``rps_fractional`` (requests per second), ``cpu_utilization`` (this
+process's CPU time over the last second divided by the CPUs it may use), and
+named metrics ``in_flight`` (server-wide calls in progress), ``queue_depth``
+(rows waiting in all batch queues), ``batch_fill``, ``ewma_latency_ms``,
+``rows_per_s``, ``capacity_rows_per_s`` (the lowest known among the models
+used: a call runs at its slowest model's pace; 0 = unknown) and
+``queue_delay_ms``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 
-from protocol.status import Batching, CapacityHint, Latency, ModelStatus, StatusDoc, VersionStatus
+from protocol.status import Batching, CapacityHint, Latency, ModelStatus, StatusDoc, VersionStatus, Window, Work
 from protocol.wire import LoadReport, load_report_metadata
 from serving.repository import LoadedModels, LoadedVersion
 
@@ -54,22 +59,32 @@ def build_report(snapshot: LoadedModels, used: Iterable[LoadedVersion], in_fligh
     versions = [lv for vs in snapshot.values() for lv in vs.values()]
     used = list(used) or versions
     n = max(1, len(used))
-    return load_report_metadata(LoadReport(cpu_utilization=cpu, named_metrics={
-        "in_flight": float(in_flight),
-        "queue_depth": float(sum(lv.runner.queue_depth() for lv in versions)),
-        "batch_fill": sum(lv.runner.stats.batch_fill for lv in used) / n,
-        "ewma_latency_ms": 1000 * sum(lv.runner.stats.ewma_latency_s for lv in used) / n,
-    }))
+    stats = [lv.runner.stats for lv in used]
+    windows = [st.recent() for st in stats]
+    capacities = [c for w in windows if (c := w.capacity_rows_per_s) is not None]
+    return load_report_metadata(LoadReport(
+        cpu_utilization=cpu,
+        application_utilization=sum(w.busy_fraction for w in windows) / n,
+        rps_fractional=sum(w.requests_per_s for w in windows),
+        named_metrics={
+            "in_flight": float(in_flight),
+            "queue_depth": float(sum(lv.runner.queue_depth() for lv in versions)),
+            "batch_fill": sum(st.batch_fill for st in stats) / n,
+            "ewma_latency_ms": 1000 * sum(st.ewma_latency_s for st in stats) / n,
+            "rows_per_s": sum(w.rows_per_s for w in windows),
+            "capacity_rows_per_s": min(capacities) if capacities else 0.0,
+            "queue_delay_ms": 1000 * sum(st.queue_delay_s for st in stats) / n,
+        }))
 
 
 def build_status(snapshot: LoadedModels, *, phase: str, ready: bool, draining: bool, port: int, in_flight: int,
                  failures: Mapping[tuple[str, int], str]) -> StatusDoc:
-    """The status document (see :mod:`protocol.status`); latencies are the newest version's."""
+    """The status document (see :mod:`protocol.status`); figures are the newest version's runner's."""
     models = {}
     for model, versions in snapshot.items():
         latest = versions[max(versions)]
         st = latest.runner.stats
-        pct = st.percentiles_ms()
+        w = st.window()
         models[model] = ModelStatus(
             versions={v: VersionStatus(state=str(lv.state), in_flight=lv.in_flight,
                                        queue_rows=lv.runner.queue_depth())
@@ -77,25 +92,15 @@ def build_status(snapshot: LoadedModels, *, phase: str, ready: bool, draining: b
             ready=True,
             in_flight=sum(lv.in_flight for lv in versions.values()),
             queue_rows=sum(lv.runner.queue_depth() for lv in versions.values()),
-            latency_ms=Latency(p50=pct["p50"], p90=pct["p90"], p99=pct["p99"], ewma=1000 * st.ewma_latency_s),
+            latency_ms=Latency(p50=w.p50_ms, p90=w.p90_ms, p99=w.p99_ms, ewma=1000 * st.ewma_latency_s),
             batching=Batching(batch_fill=st.batch_fill, batches=st.batches, rows=st.rows,
                               batch_size_limit=latest.runner.batch_limit(),
                               queue_delay_ms=1000 * st.queue_delay_s),
-            capacity=capacity_hint(latest),
+            capacity=CapacityHint(rows_per_s=w.capacity_rows_per_s, max_batch_size=float(latest.runner.batch_limit())),
+            work=Work(busy_s=st.busy_s, rows=st.rows, requests=st.requests, batches=st.batches,
+                      batch_threads=st.threads),
+            window=Window(span_s=w.span_s, rows_per_s=w.rows_per_s, requests_per_s=w.requests_per_s,
+                          busy_fraction=w.busy_fraction, mean_batch_rows=w.mean_batch_rows),
         )
     return StatusDoc(phase=phase, ready=ready, draining=draining, port=port, in_flight=in_flight, models=models,
                      load_failures={f"{m}/{v}": why for (m, v), why in failures.items()})
-
-
-def capacity_hint(lv: LoadedVersion) -> CapacityHint:
-    """Rows per second one version sustains at the recent batch size (0 when unknown).
-
-    Estimated from the runner's figures: batch threads x mean rows per batch /
-    EWMA latency. A hint for the agent's weight, not a promise.
-    """
-    st = lv.runner.stats
-    threads = lv.config.batching.num_batch_threads if lv.config.batching.enabled else 1
-    limit = float(lv.runner.batch_limit())
-    if st.batches == 0 or st.ewma_latency_s <= 0:
-        return CapacityHint(rows_per_s=0.0, max_batch_size=limit)
-    return CapacityHint(rows_per_s=threads * (st.rows / st.batches) / st.ewma_latency_s, max_batch_size=limit)

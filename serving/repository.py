@@ -36,7 +36,6 @@ import numpy as np
 from protocol.wire import TENSOR_EXT_CODE, unpack_tensor
 from serving.backends import Backend, load_backend
 from serving.batching import Runner, make_runner
-from serving.batching.stats import RollingStats
 from serving.config import ModelConfig, ServerConfig
 from serving.errors import ModelLoadError, ModelNotFound, ServingError
 
@@ -258,7 +257,7 @@ class ModelManager:
             except Exception as exc:
                 lv.runner.close()
                 raise ModelLoadError(f"warm-up failed: {exc}") from exc
-        lv.runner.stats = RollingStats()    # warm-up must not count as traffic
+        lv.runner.stats.reset()    # warm-up must not count as traffic
 
     def _reap(self) -> list[ReloadEvent]:
         events = []

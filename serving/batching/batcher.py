@@ -62,7 +62,7 @@ class DirectRunner:
     def __init__(self, backend: Backend, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._backend = backend
         self._clock = clock
-        self.stats = RollingStats()
+        self.stats = RollingStats(clock=clock)
 
     def submit(self, inputs: Arrays, rows: int, deadline: float | None = None
                ) -> Future[Arrays]:
@@ -75,8 +75,9 @@ class DirectRunner:
             fut.set_result(_run_backend(self._backend, inputs, rows))
         except ServingError as exc:
             fut.set_exception(exc)
-        self.stats.record_batch(rows, 1.0, 0.0)
-        self.stats.record_request(self._clock() - start)
+        took = self._clock() - start
+        self.stats.record_batch(rows, 1.0, 0.0, took)
+        self.stats.record_request(took)
         return fut
 
     def queue_depth(self) -> int:
@@ -109,7 +110,7 @@ class Batcher:
         self._core = BatcherCore(config=config)
         self._cond = threading.Condition()
         self._closed = False
-        self.stats = RollingStats()
+        self.stats = RollingStats(threads=config.num_batch_threads, clock=clock)
         self._threads = [threading.Thread(target=self._loop, name=f"batch-{name}-{i}",
                                           daemon=True)
                          for i in range(config.num_batch_threads)]
@@ -176,6 +177,7 @@ class Batcher:
         while (batch := self._next()) is not None:
             if self._on_batch is not None:
                 self._on_batch(batch)
+            started = self._clock()
             try:
                 outputs = _run_backend(self._backend, self._assemble(batch), batch.padded_rows)
             except ServingError as exc:
@@ -188,7 +190,7 @@ class Batcher:
             now = self._clock()
             with self._cond:
                 done = self._core.complete(batch, now)
-            self.stats.record_batch(batch.rows, batch.fill, batch.queue_delay)
+            self.stats.record_batch(batch.rows, batch.fill, batch.queue_delay, now - started)
             for t in done:
                 self.stats.record_request(now - t.arrival)
                 p = t.payload

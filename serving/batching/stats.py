@@ -1,46 +1,178 @@
-"""Rolling figures a runner reports: EWMA latency, recent percentiles, batch fill."""
+"""What a runner measures: the work it did (counters) and how it went lately (a time window).
+
+Counters only grow, so a reader that polls them (the agent, every few
+seconds) gets exact figures for its own interval by difference, whatever
+happened in between: ``busy_s`` (time inside the model, summed over the
+batch threads), ``rows``, ``requests``, ``batches``. What capacity is made
+of follows: over an interval, ``rows / busy_s`` is the rows one thread does
+per second of model time at the batch sizes actually run, and times the
+number of batch threads, the rows per second the runner can do.
+
+The window holds the last ``window_s`` seconds in ``slots`` time slices:
+request latencies (their percentiles), rows, requests, busy time, batches
+and queue delay. A slice older than the window is dropped as the clock
+moves, so an idle runner's old p99 ages out: with no request in the window
+the percentiles are None (unknown), never a stale figure read as fresh.
+
+EWMAs (latency, batch fill, queue delay) remain for the in-band load report,
+which wants one cheap number per response.
+"""
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = ["RollingStats", "Window"]
+
+SAMPLES_PER_SLOT = 2048  # latencies kept per slice: bounds memory at any request rate
+MIN_BUSY_S = 0.05        # less model time than this in a window says nothing about capacity
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Window:
+    """The last ``span_s`` seconds (at most ``window_s``; less while the runner is younger)."""
+
+    span_s: float
+    requests: int
+    rows: int
+    batches: int
+    busy_s: float
+    threads: int
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.span_s if self.span_s > 0 else 0.0
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.span_s if self.span_s > 0 else 0.0
+
+    @property
+    def busy_fraction(self) -> float:
+        """Share of the batch threads' time spent inside the model (0..1)."""
+        return min(1.0, self.busy_s / (self.span_s * self.threads)) if self.span_s > 0 else 0.0
+
+    @property
+    def capacity_rows_per_s(self) -> float | None:
+        """Rows per second at full use: throughput / busy fraction. None without enough work to tell."""
+        return self.rows / self.busy_s * self.threads if self.busy_s >= MIN_BUSY_S else None
+
+    @property
+    def mean_batch_rows(self) -> float | None:
+        return self.rows / self.batches if self.batches else None
+
+
+class _Slot:
+    __slots__ = ("epoch", "latencies", "requests", "rows", "batches", "busy_s")
+
+    def __init__(self) -> None:
+        self.epoch = -1
+        self.latencies: deque[float] = deque(maxlen=SAMPLES_PER_SLOT)
+        self.requests = self.rows = self.batches = 0
+        self.busy_s = 0.0
+
 
 class RollingStats:
-    """Thread-safe; ``alpha`` weighs the newest sample of each EWMA (0.1 ~ last 10-20)."""
+    """Thread-safe. ``threads``: batch threads working in parallel (1 for an unbatched runner,
+    whose calls run on gRPC's threads: its capacity is then one call at a time's, a floor).
+    ``alpha`` weighs the newest sample of each EWMA (0.1 ~ the last 10-20)."""
 
-    def __init__(self, *, window: int = 2048, alpha: float = 0.1) -> None:
-        self._lock = threading.Lock()
-        self._latencies: deque[float] = deque(maxlen=window)
+    def __init__(self, *, threads: int = 1, window_s: float = 10.0, slots: int = 10, alpha: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if threads < 1 or window_s <= 0 or slots < 1:
+            raise ValueError(f"RollingStats: threads >= 1, window_s > 0, slots >= 1; got {threads}, "
+                             f"{window_s}, {slots}")
+        self.threads = threads
+        self.window_s = window_s
+        self._slot_s = window_s / slots
+        self._clock = clock
         self._alpha = alpha
-        self.ewma_latency_s = 0.0
-        self.batch_fill = 0.0
-        self.queue_delay_s = 0.0
-        self.batches = 0
-        self.rows = 0
-        self.requests = 0
+        self._lock = threading.Lock()
+        self._slots = [_Slot() for _ in range(slots)]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (warm-up calls are not traffic)."""
+        with self._lock:
+            self._born = self._clock()
+            for s in self._slots:
+                s.epoch = -1
+            self.ewma_latency_s = 0.0
+            self.batch_fill = 0.0
+            self.queue_delay_s = 0.0
+            self.batches = 0
+            self.rows = 0
+            self.requests = 0
+            self.busy_s = 0.0
+            self._recent: tuple[float, Window] | None = None
+
+    def _slot(self, now: float) -> _Slot:
+        epoch = math.floor(now / self._slot_s)
+        s = self._slots[epoch % len(self._slots)]
+        if s.epoch != epoch:
+            s.epoch = epoch
+            s.latencies.clear()
+            s.requests = s.rows = s.batches = 0
+            s.busy_s = 0.0
+        return s
 
     def record_request(self, latency_s: float) -> None:
         with self._lock:
             self.requests += 1
-            self._latencies.append(latency_s)
+            s = self._slot(self._clock())
+            s.requests += 1
+            s.latencies.append(latency_s)
             a = self._alpha if self.requests > 1 else 1.0
             self.ewma_latency_s += a * (latency_s - self.ewma_latency_s)
 
-    def record_batch(self, rows: int, fill: float, queue_delay_s: float) -> None:
+    def record_batch(self, rows: int, fill: float, queue_delay_s: float, busy_s: float) -> None:
+        """One batch ran: ``rows`` real rows (padding excluded) in ``busy_s`` seconds of model time."""
         with self._lock:
             self.batches += 1
             self.rows += rows
+            self.busy_s += busy_s
+            s = self._slot(self._clock())
+            s.batches += 1
+            s.rows += rows
+            s.busy_s += busy_s
             a = self._alpha if self.batches > 1 else 1.0
             self.batch_fill += a * (fill - self.batch_fill)
             self.queue_delay_s += a * (queue_delay_s - self.queue_delay_s)
 
-    def percentiles_ms(self) -> dict[str, float]:
+    def recent(self, max_age_s: float = 0.05) -> Window:
+        """The window without percentiles, recomputed at most every ``max_age_s``: what the
+        per-response load report reads (cheap enough for every response)."""
+        cached = self._recent
+        now = self._clock()
+        if cached is not None and now - cached[0] < max_age_s:
+            return cached[1]
+        w = self.window(percentiles=False)
+        self._recent = (now, w)
+        return w
+
+    def window(self, *, percentiles: bool = True) -> Window:
+        now = self._clock()
         with self._lock:
-            data = np.fromiter(self._latencies, dtype=np.float64)
-        if data.size == 0:
-            return {"p50": 0.0, "p90": 0.0, "p99": 0.0}
-        p50, p90, p99 = np.percentile(data, [50, 90, 99]) * 1000
-        return {"p50": float(p50), "p90": float(p90), "p99": float(p99)}
+            current = math.floor(now / self._slot_s)
+            live = [s for s in self._slots if current - len(self._slots) < s.epoch <= current]
+            data = np.fromiter((x for s in live for x in s.latencies) if percentiles else (), dtype=np.float64)
+            totals = (sum(s.requests for s in live), sum(s.rows for s in live), sum(s.batches for s in live),
+                      sum(s.busy_s for s in live))
+            # the live slices cover from the start of the oldest possible one until now
+            span = min(now - self._born, now - (current - len(self._slots) + 1) * self._slot_s)
+        pct: tuple[float | None, ...] = (None, None, None)
+        if data.size:
+            pct = tuple(float(v) for v in np.percentile(data, [50, 90, 99]) * 1000)
+        requests, rows, batches, busy = totals
+        return Window(span_s=max(span, 0.0), requests=requests, rows=rows, batches=batches, busy_s=busy,
+                      threads=self.threads, p50_ms=pct[0], p90_ms=pct[1], p99_ms=pct[2])

@@ -89,8 +89,10 @@ FAST = ProbeSpec(period_seconds=0.2, timeout_seconds=1.0, failure_threshold=2)
 
 def fast_config(zk: ZkSettings, *, target: str, status_url: str | None, instance_id: str = "pod-a",
                 **kw: object) -> AgentConfig:
-    """Probes every 0.2 s, status every 0.1 s, a 0.5 s ramp, a 0.5 s drain wait."""
-    values: dict[str, object] = {
+    """Probes every 0.2 s, status every 0.1 s, a 0.5 s ramp, a 0.5 s drain wait. The capacity
+    prior is the declared cores themselves (``samples_per_core_s=1``): a test that sends no
+    traffic sees weights in cores."""
+    values: dict[str, object] = {"samples_per_core_s": 1.0,
         "startup": ProbeSpec(period_seconds=0.2, timeout_seconds=1.0, failure_threshold=100),
         "readiness": FAST, "liveness": FAST, "weight": WeightConfig(ramp_s=0.5), "status_poll_s": 0.1,
         "drain_wait_s": 0.5, "in_flight_timeout_s": 5.0, **kw}

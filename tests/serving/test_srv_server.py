@@ -52,8 +52,8 @@ def test_predict_returns_outputs_version_and_load_report(repo, client_for):
         assert resp.results["aff"].version == 1 and set(resp.outputs()) == {"y"}
         np.testing.assert_array_equal(resp.outputs()["y"], x(3) * 2 + 1)
         report = load_report(call)
-        assert set(report.named_metrics) == {"in_flight", "queue_depth", "batch_fill",
-                                             "ewma_latency_ms"}
+        assert set(report.named_metrics) == {"in_flight", "queue_depth", "batch_fill", "ewma_latency_ms",
+                                             "rows_per_s", "capacity_rows_per_s", "queue_delay_ms"}
         assert report.named_metrics["in_flight"] == 1.0     # this very call
         md = dict(call.trailing_metadata())
         assert wire.LOAD_REPORT_MIRROR_KEY in md
@@ -271,5 +271,5 @@ def test_standard_orca_key_is_on_the_wire_for_envoy_and_grpc_peers(repo):
     assert trailers[b"grpc-status"] == b"0"
     raw = trailers[b"endpoint-load-metrics-bin"]
     report = wire.decode_load_report(base64.b64decode(raw + b"=" * (-len(raw) % 4)))
-    assert set(report.named_metrics) == {"in_flight", "queue_depth", "batch_fill",
-                                         "ewma_latency_ms"}
+    assert set(report.named_metrics) == {"in_flight", "queue_depth", "batch_fill", "ewma_latency_ms",
+                                         "rows_per_s", "capacity_rows_per_s", "queue_delay_ms"}

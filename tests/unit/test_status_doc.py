@@ -18,7 +18,10 @@ FULL = {
         "latency_ms": {"p50": 2.1, "p90": 3.4, "p99": 6.0, "ewma": 2.4},
         "batching": {"batch_fill": 0.6, "batches": 812, "rows": 51234, "batch_size_limit": 256,
                      "queue_delay_ms": 0.8},
-        "capacity": {"rows_per_s": 41000.0, "max_batch_size": 256.0}}},
+        "capacity": {"rows_per_s": 41000.0, "max_batch_size": 256.0},
+        "work": {"busy_s": 12.5, "rows": 51234, "requests": 812, "batches": 812, "batch_threads": 2},
+        "window": {"span_s": 10.0, "rows_per_s": 3300.0, "requests_per_s": 52.0, "busy_fraction": 0.4,
+                   "mean_batch_rows": 63.1}}},
     "load_failures": {"ctr/3": "why version 3 did not load"},
 }
 
