@@ -32,7 +32,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -41,15 +41,17 @@ from registry.publisher import Publisher
 from registry.records import Capacity, InstanceRecord, State, instance_to_json
 from registry.zk import connect
 
-from .capacity import CapacityReport, detect_capacity
+from .capacity import CapacityReport, calibrate, detect_capacity
 from .config import AgentConfig
+from .errors import CalibrationError
 from .estimator import CapacityEstimator
 from .k8s import pod_info_from_api, pod_info_from_env
-from .lifecycle import Lifecycle, Move, Phase, Transition
-from .probes import EngineStatus, ProbeEngine, ProbeKind, ProbeState
+from .lifecycle import Lifecycle, Move, Transition
+from .probes import ProbeEngine, ProbeKind, ProbeState
 from .probes.result import Handler
-from .server_io import ServerReading, build_handlers, read_server
-from .weight import Health, WeightController
+from .server_io import ServerReading, build_handlers, grpc_batch_timer, read_server
+from .view import AgentView
+from .weight import WeightController
 
 __all__ = ["Agent", "AgentView"]
 
@@ -57,37 +59,6 @@ log = logging.getLogger("server_agent")
 
 HEARTBEAT_S = 1.0
 """The loop wakes at least this often, so /healthz can tell a stuck loop from an idle one."""
-
-
-@dataclass(frozen=True, slots=True)
-class AgentView:
-    """An immutable picture of the agent, swapped in by the loop after every step (HTTP reads it)."""
-
-    phase: Phase
-    engine: EngineStatus
-    capacity: CapacityReport
-    weight: float  # the controller's weight now
-    published_weight: float | None
-    health: Health  # the latest sample's raw factors
-    health_factor: float  # the health the weight is computed with (integrator x smoothed factors)
-    ramp: float
-    estimator: CapacityEstimator  # read-only here: the loop owns it
-    server: ServerReading | None
-    zk_connected: bool
-    zk_writes: int
-    weight_publishes: int
-    probe_results: Mapping[tuple[str, bool], int]
-    heartbeat: float
-    last_transition: str = ""
-    shutdown_requested: bool = False
-    forced: bool = False
-    record: Mapping[str, Any] = field(default_factory=dict)
-
-    def reason(self, kind: ProbeKind) -> str:
-        for p in self.engine.probes:
-            if p.kind is kind:
-                return p.last_reason
-        return ""
 
 
 class Agent:
@@ -290,6 +261,8 @@ class Agent:
         self._last_transition = str(t)
         log.info("agent %s: %s", self.config.instance_id, t)
         if t.move is Move.REGISTER:
+            if self.config.calibration is not None and not self._estimator_calibrated():
+                self._calibrate()
             ctl.registered(now)
             self._publisher = Publisher(self._zk, self._record(ctl.decide(now).weight), paths=self.config.zk.paths,
                                         config=self.config.publisher)
@@ -302,6 +275,32 @@ class Agent:
             self._publisher.enable(weight=ctl.decide(now).weight, state=State.WARMING)
         elif t.move is Move.PROMOTE and self._publisher is not None:
             self._publisher.update(state=State.SERVING, weight=ctl.decide(now).weight)
+
+    def _estimator_calibrated(self) -> bool:
+        return self._estimator is not None and self._estimator.calibrated
+
+    def _calibrate(self) -> None:
+        """Time synthetic batches on the server; start the estimate from what they measured.
+
+        Runs once, on the agent's loop, before the first registration (the pod takes no
+        traffic yet). A failure is logged and the prior stays: calibration improves a
+        guess, it never keeps a pod out of rotation."""
+        cfg, cap = self.config, self._capacity
+        assert cfg.calibration is not None and cap is not None and self._ctl is not None
+        try:
+            model, measure = grpc_batch_timer(cfg.target, cfg.calibrate_model, timeout=30.0)
+            result = calibrate(measure, cfg.calibration)
+        except (RuntimeError, CalibrationError) as e:
+            log.warning("agent %s: calibration failed, keeping the prior: %s", cfg.instance_id, e)
+            return
+        self._capacity = replace(cap, capacity=replace(cap.capacity, samples_per_s=round(result.samples_per_s, 1)),
+                                 score=result.samples_per_s,
+                                 notes=(*cap.notes, f"calibrated {result.samples_per_s:.1f} samples/s on {model} "
+                                                    f"at batch size {result.best_batch_size}"))
+        self._estimator = CapacityEstimator(cfg.estimator, prior=result.samples_per_s, calibrated=True)
+        self._ctl.set_capacity_score(self._estimator.value)
+        log.info("agent %s: calibrated %s: %.1f samples/s at batch size %d", cfg.instance_id, model,
+                 result.samples_per_s, result.best_batch_size)
 
     def _measured_capacity(self) -> Capacity:
         """The detected capacity, with the estimate as ``samples_per_s`` once evidence exists."""

@@ -93,6 +93,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     a("--publish-threshold", type=float, help="relative move that publishes (0.10)")
     a("--max-interval-s", type=float, help="publish at least this often when the weight drifted (60)")
     a("--cpu-cores", type=float, help="declared capacity in cores, instead of detecting it")
+    a("--calibrate", action="store_true", help="time synthetic batches before registering: the capacity prior")
+    a("--calibrate-model", metavar="NAME", help="the model to calibrate on (default: the first one listed)")
+    a("--calibrate-batch-sizes", metavar="N,N,...", help="batch sizes to time (1,8,32,128,512)")
     a("--log-level", default=_env("WEI_LOG_LEVEL", "INFO"))
     r.set_defaults(func=cmd_run)
 
@@ -119,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 def build_config(args: argparse.Namespace):  # -> AgentConfig (imports kept lazy: `probe` must start fast)
     from registry.zk import ZkSettings
 
-    from .config import AgentConfig, PluginConfig, ProbeSpec, WeightConfig
+    from .config import AgentConfig, CalibrationConfig, PluginConfig, ProbeSpec, WeightConfig
 
     if not args.service:
         raise UsageError("--service is required (or set WEI_SERVICE)")
@@ -133,7 +136,15 @@ def build_config(args: argparse.Namespace):  # -> AgentConfig (imports kept lazy
     if args.plugin_dir is not None:
         plugins = PluginConfig(plugin_dir=args.plugin_dir, timeout_s=args.plugin_timeout_s,
                                params=_pairs(args.plugin_param, "--plugin-param"))
-    extra = {"instance_id": args.instance_id} if args.instance_id else {}
+    extra: dict[str, object] = {"instance_id": args.instance_id} if args.instance_id else {}
+    if args.calibrate or args.calibrate_batch_sizes or args.calibrate_model:
+        sizes = {}
+        if args.calibrate_batch_sizes:
+            try:
+                sizes["batch_sizes"] = tuple(int(n) for n in args.calibrate_batch_sizes.split(","))
+            except ValueError:
+                raise UsageError(f"--calibrate-batch-sizes {args.calibrate_batch_sizes!r}: expected N,N,...") from None
+        extra.update(calibration=CalibrationConfig(**sizes), calibrate_model=args.calibrate_model)
     status_url = None if (args.status_url or "").lower() in ("", "none") else args.status_url
     return AgentConfig(
         service=args.service, target=args.target, address=args.address, port=args.port, zone=args.zone,

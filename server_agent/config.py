@@ -297,7 +297,10 @@ class AgentConfig:
     the prior: the calibrated samples/s (``wei-agent run --calibrate``), else
     declared cores x ``samples_per_core_s`` (1,000: a guess that only orders
     pods for their first seconds of traffic; evidence outweighs it within one
-    second of model time).
+    second of model time). ``calibration`` (None: off): before it first
+    registers, the agent times batches of synthetic rows on ``calibrate_model``
+    (None: the first model the server lists) and starts from the samples/s it
+    measured (:func:`server_agent.capacity.calibrate`).
     """
 
     service: str
@@ -320,6 +323,8 @@ class AgentConfig:
     weight: WeightConfig = field(default_factory=WeightConfig)
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     samples_per_core_s: float = 1000.0
+    calibration: CalibrationConfig | None = None
+    calibrate_model: str | None = None
     status_poll_s: float = 5.0
     drain_wait_s: float = 5.0
     in_flight_timeout_s: float = 20.0

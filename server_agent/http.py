@@ -33,7 +33,8 @@ from .lifecycle import Phase
 from .probes import ProbeKind, ProbeState
 
 if TYPE_CHECKING:
-    from .agent import Agent, AgentView
+    from .agent import Agent
+    from .view import AgentView
 
 __all__ = ["AgentHttp", "verdict"]
 

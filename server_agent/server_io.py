@@ -25,7 +25,7 @@ from .probes.grpc_health import GrpcHandler
 from .probes.result import Handler, Timer
 from .weight import ServerSample
 
-__all__ = ["AllOf", "ServerReading", "build_handlers", "grpc_predict", "read_server"]
+__all__ = ["AllOf", "ServerReading", "build_handlers", "grpc_batch_timer", "grpc_predict", "read_server"]
 
 SERVER_ERROR_CODES = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
                                 "DATA_LOSS"})
@@ -158,6 +158,45 @@ def grpc_predict(target: str, timeout: float) -> Callable[[str, Mapping[str, Any
         return dict(result.outputs)
 
     return predict
+
+
+def grpc_batch_timer(target: str, model: str | None, timeout: float) -> tuple[str, Callable[[int], float]]:
+    """(the model, ``measure(batch_size) -> seconds``) for :func:`server_agent.capacity.calibrate`.
+
+    Reads the model's signature with ``Metadata`` and sends batches of zeros
+    in its dtypes (a dimension the signature leaves open beyond the batch is
+    1). Raises a one-line RuntimeError when the server or the model is not
+    there; ``measure`` raises what the call raised.
+    """
+    import grpc
+    import numpy as np
+
+    from protocol import wire
+
+    channel = grpc.insecure_channel(target)
+    try:
+        meta = wire.decode_metadata_response(channel.unary_unary(wire.METADATA_METHOD)(
+            wire.encode_metadata_request(model), timeout=timeout))
+    except grpc.RpcError as e:
+        channel.close()
+        raise RuntimeError(f"calibration: Metadata({model or 'all'}) failed: {e.code().name}: {e.details()}") from None
+    if not meta:
+        channel.close()
+        raise RuntimeError("calibration: the server lists no model")
+    name = model if model is not None else sorted(meta)[0]
+    versions = meta[name].get("versions", {})
+    inputs = versions[max(versions, key=int)]["signature"]["inputs"] if versions else {}
+    predict = channel.unary_unary(wire.PREDICT_METHOD)
+
+    def measure(batch: int) -> float:
+        arrays = {k: np.zeros([batch, *(d if d > 0 else 1 for d in spec["shape"][1:])], spec["dtype"])
+                  for k, spec in inputs.items()}
+        body = wire.encode_request(wire.PredictRequest(model=name, inputs=arrays))
+        t0 = time.perf_counter()
+        predict(body, timeout=timeout)
+        return time.perf_counter() - t0
+
+    return name, measure
 
 
 class AllOf:

@@ -12,7 +12,7 @@ import pytest
 from examples.emulated import FEATURES, write_model
 from registry.records import State
 from server_agent.agent import Agent
-from server_agent.config import WeightConfig
+from server_agent.config import CalibrationConfig, WeightConfig
 from server_agent.estimator import EstimatorConfig
 from serving.config import BatchingConfig, ModelConfig, ServerConfig
 from serving.server import ModelServer
@@ -107,3 +107,29 @@ def test_published_weights_converge_to_the_true_ratio_and_hold_without_traffic(z
     after = settle(40)
     assert after == before
     assert ratios(zk, fleet) == got
+
+
+@pytest.mark.parametrize("model", ["ctr", "missing"])
+def test_calibration_sets_the_prior_before_registering_and_a_failed_one_keeps_the_guess(zk, zk_settings, tmp_path,
+                                                                                         model):
+    write_model(tmp_path / "m", "ctr", 1, speed=2.0)  # 10,000 rows/s per batch thread
+    server = ModelServer(ServerConfig(
+        models_dir=tmp_path / "m", host="127.0.0.1", port=0, status_port=0, poll_interval_s=3600, grace_s=5,
+        defaults=ModelConfig(batching=BatchingConfig(num_batch_threads=1, max_batch_size=512)))).start()
+    config = h.fast_config(zk_settings, target=f"127.0.0.1:{server.port}", instance_id="cal",
+                           status_url=f"http://127.0.0.1:{server.status_port}", samples_per_core_s=1000.0,
+                           calibration=CalibrationConfig(batch_sizes=(64, 256), repeats=2), calibrate_model=model,
+                           weight=WeightConfig(ramp_s=0.5, latency_target_ms=5000.0))
+    agent = Agent(config, capacity=h.capacity(2.0)).start()
+    try:
+        rec = h.wait_record(zk, config.zk.paths.instance("ctr", "cal"),
+                            lambda r: r is not None and r.state is State.SERVING)
+        if model == "ctr":
+            assert rec.capacity.samples_per_s == pytest.approx(10_000.0, rel=0.3)
+            assert rec.weight == pytest.approx(rec.capacity.samples_per_s, rel=0.05)
+            assert agent.view.estimator.calibrated and "calibrated" in agent.view.capacity.notes[-1]
+        else:  # no such model: the guessed prior (2 cores x 1,000) and the pod still registers
+            assert rec.weight == pytest.approx(2000.0) and not agent.view.estimator.calibrated
+    finally:
+        agent.close()
+        server.stop()

@@ -143,6 +143,8 @@ def test_a_sidecar_prefers_the_servers_declared_limit_over_its_own_cgroup(tmp_pa
     (["run", "--service", "ctr", "--target", "nohost"], "target: expected HOST:PORT"),
     (["run", "--service", "ctr", "--label", "novalue"], "--label 'novalue': expected KEY=VALUE"),
     (["run", "--service", "ctr", "--readiness-failure-threshold", "0"], "failure_threshold"),
+    (["run", "--service", "ctr", "--calibrate-batch-sizes", "8,x"], "--calibrate-batch-sizes '8,x': expected N,N"),
+    (["run", "--service", "ctr", "--calibrate-batch-sizes", "0"], "batch_sizes[]: expected an integer >= 1"),
     (["probe", "sideways"], "invalid choice"),
     (["frobnicate"], "invalid choice"),
 ])
@@ -171,3 +173,11 @@ def test_probe_against_no_agent_exits_1_with_a_reason(capsys):
     assert cli.run(["probe", "liveness", "--agent-url", f"http://127.0.0.1:{port}"]) == 1
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and out.startswith("liveness: agent at") and "unreachable" in out
+
+
+def test_cli_calibration_flags_reach_the_config():
+    args = cli.build_parser().parse_args(["run", "--service", "ctr", "--calibrate", "--calibrate-model", "ctr",
+                                          "--calibrate-batch-sizes", "16,64"])
+    config = cli.build_config(args)
+    assert config.calibration.batch_sizes == (16, 64) and config.calibrate_model == "ctr"
+    assert cli.build_config(cli.build_parser().parse_args(["run", "--service", "ctr"])).calibration is None
