@@ -50,9 +50,13 @@ registry-demo: deps
 	$(PY) examples/registry_demo.py
 
 bench: deps
+	@command -v haproxy >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends haproxy; }
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[$(EXTRAS),bench]'
 	$(PY) bench/registry_latency.py
 	$(PY) bench/overhead.py
 	$(PY) bench/batching.py
+	$(PY) bench/hetero.py --swap --plots bench/out
 
 lint: venv
 	$(VENV)/bin/ruff check protocol registry weiclient serving server_agent tests bench examples

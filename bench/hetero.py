@@ -1,0 +1,424 @@
+"""A heterogeneous fleet under open-loop load: which routing gets close to the oracle?
+
+Pods are emulated accelerators (:mod:`examples.emulated`): ``wei-serve``
+processes whose model sleeps ``rows x unit / speed`` per batch, with batching
+on and one batch thread, so each server sees its queue and its busy time as
+it would on a GPU. Speeds are a flag (``--speeds 1,2,4``). Load is open-loop
+Poisson at ``--load`` of the fleet's capacity, and latency is measured from
+each call's *scheduled* arrival, so a stalled client cannot hide queueing
+(no coordinated omission). Every arm runs on the same pods, one after the
+other, for ``--seconds``:
+
+- ``rr/equal``: plain round robin, equal weights (what a user gets first);
+- ``oracle``: round robin with the true weights (static, 1:2:4);
+- each policy with the weights declared ``equal`` and declared ``true``;
+- ``measured/POLICY``: equal declared cores, one ``wei-agent`` per pod
+  publishing the capacity it measures (after a warm-up it has converged);
+- ``haproxy``: HAProxy (Debian's 2.6) in front of the same pods, h2 both
+  sides, ``balance leastconn``, the true weights: what a user would pick
+  instead of client-side balancing.
+
+``--swap`` adds an arm in which the fastest and the slowest pod trade speeds
+halfway: the p99 of each second after the swap shows how fast routing adapts.
+
+    .venv/bin/python bench/hetero.py                       # 80 % load, every arm, ~6 minutes
+    .venv/bin/python bench/hetero.py --load 0.5 --arms rr/equal,oracle,weighted_p2c/equal
+    .venv/bin/python bench/hetero.py --swap --plots bench/out
+
+Prints p50 / p99 / p99.9, errors, the traffic share of each pod, and the
+p99's ratio to the oracle's and to plain round robin's; with ``--plots``,
+PNGs of the latency CDFs and of weights and shares over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from examples.emulated import FEATURES, UNIT_S, set_speed, write_model  # noqa: E402
+from protocol import wire  # noqa: E402
+from registry.publisher import Publisher  # noqa: E402
+from registry.records import InstanceRecord, State  # noqa: E402
+from registry.testing import ZooKeeperEnsemble, die_with_parent, free_ports  # noqa: E402
+from registry.zk import ZkSettings, connect  # noqa: E402
+from weiclient import ClientConfig, WeiClient  # noqa: E402
+from weiclient.balancer import POLICIES  # noqa: E402
+
+console = Console(width=160)
+
+
+@dataclass
+class Pod:
+    name: str
+    speed: float
+    models: Path
+    port: int = 0
+    status_port: int = 0
+    server: subprocess.Popen | None = None
+    agent: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.port, self.status_port = free_ports(2)
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", "serving.cli", "--models", str(self.models), "--host", "127.0.0.1",
+             "--port", str(self.port), "--status-port", str(self.status_port), "--num-batch-threads", "1",
+             "--max-batch-size", "512", "--batch-timeout-micros", "500", "--log-level", "warning"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+
+    def requests(self) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/status", timeout=5) as r:
+            return int(json.load(r)["models"]["m"]["work"]["requests"])
+
+    def start_agent(self, zk: str, service: str) -> None:
+        self.agent = subprocess.Popen(
+            [sys.executable, "-m", "server_agent.cli", "run", "--zk", zk, "--service", service,
+             "--target", f"127.0.0.1:{self.port}", "--status-url", f"http://127.0.0.1:{self.status_port}",
+             "--http-port", "0", "--http-host", "127.0.0.1", "--instance-id", self.name, "--cpu-cores", "2",
+             "--ramp-s", "2", "--startup-period-s", "0.5", "--readiness-period-s", "0.5", "--status-poll-s", "1",
+             "--drain-wait-s", "0.5", "--log-level", "warning"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+
+    def stop(self) -> None:
+        for proc in (self.agent, self.server):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in (self.agent, self.server):
+            if proc is not None:
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+@dataclass
+class Result:
+    arm: str
+    latencies: np.ndarray
+    errors: int
+    shares: list[float]
+    p99_by_second: list[float] = field(default_factory=list)
+    weights: list[tuple[float, list[float]]] = field(default_factory=list)
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies.size else float("nan")
+
+
+async def open_loop(call, rate: float, seconds: float, on_second=None) -> tuple[list[tuple[float, float]], int]:
+    """Poisson arrivals for ``seconds``; (scheduled time, latency) per successful call, and the errors."""
+    rng = np.random.default_rng(7)
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+    gaps = rng.exponential(1.0 / rate, int(rate * seconds * 1.5) + 10)
+    arrivals = start + np.cumsum(gaps)
+    arrivals = arrivals[arrivals < start + seconds]
+    done: list[tuple[float, float]] = []
+    errors = 0
+
+    async def one(at: float) -> None:
+        nonlocal errors
+        try:
+            await call()
+            done.append((at - start, loop.time() - at))
+        except Exception:
+            errors += 1
+
+    tasks = []
+    for at in arrivals:
+        delay = at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(at)))
+    await asyncio.gather(*tasks)
+    return done, errors
+
+
+def run_arm(name: str, pods: list[Pod], make_call, rate: float, seconds: float, swap: bool = False) -> Result:
+    before = [p.requests() for p in pods]
+
+    async def main() -> tuple[list[tuple[float, float]], int]:
+        call, close = await make_call()
+        try:
+            if swap:
+                async def swapper() -> None:
+                    await asyncio.sleep(seconds / 2)
+                    slow, fast = min(pods, key=lambda p: p.speed), max(pods, key=lambda p: p.speed)
+                    set_speed(slow.models, "m", 1, fast.speed)
+                    set_speed(fast.models, "m", 1, slow.speed)
+                task = asyncio.ensure_future(swapper())
+                out = await open_loop(call, rate, seconds)
+                await task
+                return out
+            return await open_loop(call, rate, seconds)
+        finally:
+            await close()
+
+    done, errors = asyncio.run(main())
+    if swap:  # put the speeds back for the next arm
+        for p in pods:
+            set_speed(p.models, "m", 1, p.speed)
+    counts = [p.requests() - b for p, b in zip(pods, before, strict=True)]
+    total = max(1, sum(counts))
+    lat = np.array([d for _, d in done])
+    by_second = []
+    for s in range(int(seconds)):
+        window = [d for t, d in done if s <= t < s + 1]
+        by_second.append(float(np.percentile(window, 99)) * 1000 if window else float("nan"))
+    return Result(name, lat, errors, [c / total for c in counts], by_second)
+
+
+def weiclient_call(zk: str, service: str, policy: str, rows: int):
+    x = np.ones((rows, FEATURES), np.float32)
+
+    async def make():
+        client = WeiClient(zk, service, config=ClientConfig(balancer=policy, timeout_s=2.0, metrics=False))
+
+        async def call():
+            await client.apredict("m", {"x": x})
+
+        async def close():
+            await client.aclose()
+
+        return call, close
+
+    return make
+
+
+def haproxy_call(port: int, rows: int):
+    body = wire.encode_request(wire.PredictRequest(model="m", inputs={"x": np.ones((rows, FEATURES), np.float32)}))
+
+    async def make():
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        stub = channel.unary_unary(wire.PREDICT_METHOD)
+
+        async def call():
+            wire.decode_response(await stub(body, timeout=2.0))
+
+        async def close():
+            await channel.close()
+
+        return call, close
+
+    return make
+
+
+def start_haproxy(pods: list[Pod], weights: list[float], workdir: Path) -> tuple[subprocess.Popen, int]:
+    port = free_ports(1)[0]
+    scale = 64 / max(weights)
+    servers = "\n".join(f"    server {p.name} 127.0.0.1:{p.port} proto h2 weight {max(1, round(w * scale))}"
+                        for p, w in zip(pods, weights, strict=True))
+    cfg = workdir / "haproxy.cfg"
+    cfg.write_text(f"""global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend grpc
+    bind 127.0.0.1:{port} proto h2
+    default_backend pods
+backend pods
+    balance leastconn
+{servers}
+""")
+    proc = subprocess.Popen(["haproxy", "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=die_with_parent)
+    grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=10)
+    return proc, port
+
+
+def publish_static(zk, service: str, pods: list[Pod], weights: list[float]) -> list[Publisher]:
+    pubs = []
+    for p, w in zip(pods, weights, strict=True):
+        pub = Publisher(zk, InstanceRecord(service=service, id=p.name, address="127.0.0.1", port=p.port, weight=w,
+                                           state=State.SERVING, models={"m": [1]}))
+        pub.register()
+        pubs.append(pub)
+    return pubs
+
+
+def published_weights(zk, service: str, pods: list[Pod]) -> list[float]:
+    from registry.records import decode_instance
+    from registry.zk import RegistryPaths
+
+    out = []
+    for p in pods:
+        try:
+            data, _ = zk.get(RegistryPaths("/weiserving").instance(service, p.name))
+            out.append(decode_instance(data).weight)
+        except Exception:
+            out.append(float("nan"))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--speeds", default="1,2,4")
+    ap.add_argument("--rows", type=int, default=100, help="rows per call")
+    ap.add_argument("--load", type=float, default=0.8, help="offered load, a fraction of the fleet's capacity")
+    ap.add_argument("--seconds", type=float, default=20.0, help="per arm")
+    ap.add_argument("--arms", help="comma-separated arm names (default: all)")
+    ap.add_argument("--swap", action="store_true", help="add a speed-swap arm for the default policy")
+    ap.add_argument("--plots", type=Path, help="write PNGs here")
+    args = ap.parse_args()
+    speeds = [float(s) for s in args.speeds.split(",")]
+    capacity_calls = sum(speeds) / UNIT_S / args.rows
+    rate = args.load * capacity_calls
+    policies = sorted(POLICIES)
+    arms = ["rr/equal", "oracle", *(f"{p}/{w}" for p in policies if p not in ("round_robin",)
+                                     for w in ("equal", "true")), "measured/weighted_p2c", "haproxy"]
+    if args.swap:
+        arms.append("swap/measured/weighted_p2c")
+    if args.arms:
+        arms = [a for a in args.arms.split(",") if a]
+    workdir = Path(tempfile.mkdtemp(prefix="wei-hetero-"))
+    pods = [Pod(f"pod{i}", s, workdir / f"pod{i}") for i, s in enumerate(speeds)]
+    for p in pods:
+        write_model(p.models, "m", 1, speed=p.speed)
+    load_before = os.getloadavg()
+    results: list[Result] = []
+    console.print(f"{len(pods)} pods, speeds {speeds} ({UNIT_S * 1e6:.0f} µs/row at speed 1), {args.rows} rows "
+                  f"per call: capacity {capacity_calls:.0f} calls/s; offered {rate:.0f} calls/s "
+                  f"({args.load:.0%}), {args.seconds:g} s per arm; load average {load_before[0]:.2f}")
+    with ZooKeeperEnsemble(1) as ensemble:
+        zk = connect(ZkSettings(hosts=ensemble.hosts))
+        try:
+            for p in pods:
+                p.start()
+            for p in pods:
+                grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{p.port}")).result(timeout=60)
+            true_w = [s / min(speeds) for s in speeds]
+            statics = publish_static(zk, "equal", pods, [1.0] * len(pods)) + \
+                publish_static(zk, "true", pods, true_w)
+            measured_started = False
+            for arm in arms:
+                kind, _, rest = arm.partition("/")
+                swap = kind == "swap"
+                if swap:
+                    kind, _, rest = rest.partition("/")
+                if kind == "haproxy":
+                    proc, port = start_haproxy(pods, true_w, workdir)
+                    try:
+                        make = haproxy_call(port, args.rows)
+                        results.append(run_arm(arm, pods, make, rate, args.seconds))
+                    finally:
+                        proc.terminate()
+                        proc.wait(10)
+                    continue
+                if kind == "measured":
+                    if not measured_started:
+                        for p in pods:
+                            p.start_agent(ensemble.hosts, "measured")
+                        measured_started = True
+                        warm = run_arm("warm-up", pods, weiclient_call(ensemble.hosts, "measured", rest, args.rows),
+                                       rate, 30.0)
+                        console.print(f"agents warmed up (30 s): weights {published_weights(zk, 'measured', pods)}; "
+                                      f"warm-up p99 {warm.pct(99):.1f} ms")
+                    service, policy = "measured", rest
+                elif kind == "rr":
+                    service, policy = rest, "round_robin"
+                elif kind == "oracle":
+                    service, policy = "true", "round_robin"
+                else:
+                    service, policy = rest, kind
+                result = run_arm(arm, pods, weiclient_call(ensemble.hosts, service, policy, args.rows), rate,
+                                 args.seconds, swap=swap)
+                if kind == "measured" or swap:
+                    result.weights = [(0.0, published_weights(zk, "measured", pods))]
+                results.append(result)
+                console.print(f"  {arm}: p99 {result.pct(99):.1f} ms, errors {result.errors}", style="dim")
+            for pub in statics:
+                pub.close()
+        finally:
+            for p in pods:
+                p.stop()
+            zk.stop()
+            zk.close()
+    load_after = os.getloadavg()
+    report(results, speeds, load_before, load_after)
+    if args.plots:
+        plot(results, args.plots)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def report(results: list[Result], speeds: list[float], before, after) -> None:
+    by = {r.arm: r for r in results}
+    oracle, rr = by.get("oracle"), by.get("rr/equal")
+    true_share = [s / sum(speeds) for s in speeds]
+    shown = " ".join(f"{100 * s:.0f}%" for s in true_share)
+    table = Table(title=f"open-loop latency from scheduled arrival (true shares {shown}; shares count retries)")
+    for col in ("arm", "p50 ms", "p99 ms", "p99.9 ms", "errors", "shares", "p99 / oracle", "p99 / rr"):
+        table.add_column(col, justify="left" if col in ("arm", "shares") else "right")
+    for r in results:
+        shares = " ".join(f"{100 * s:.0f}%" for s in r.shares)
+        table.add_row(r.arm, f"{r.pct(50):.1f}", f"{r.pct(99):.1f}", f"{r.pct(99.9):.1f}", str(r.errors), shares,
+                      f"{r.pct(99) / oracle.pct(99):.2f}" if oracle else "-",
+                      f"{r.pct(99) / rr.pct(99):.3f}" if rr else "-")
+    console.print(table)
+    for r in results:
+        if r.weights:
+            console.print(f"{r.arm}: published weights {r.weights[-1][1]}")
+        if r.arm.startswith("swap/"):
+            half = len(r.p99_by_second) // 2
+            console.print(f"{r.arm}: p99 per second around the swap (at {half} s): "
+                          + " ".join(f"{v:.0f}" for v in r.p99_by_second[half - 3:half + 8]))
+    console.print(f"load average: {before[0]:.2f} before, {after[0]:.2f} after (1 min), {os.cpu_count()} CPUs")
+
+
+def plot(results: list[Result], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for r in results:
+        if r.latencies.size:
+            xs = np.sort(r.latencies) * 1000
+            ax.plot(xs, np.arange(1, xs.size + 1) / xs.size, label=f"{r.arm} (p99 {r.pct(99):.0f} ms)")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency from scheduled arrival (ms, log)")
+    ax.set_ylabel("fraction of calls")
+    ax.set_ylim(0.5, 1.001)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("heterogeneous fleet: latency CDF per routing arm")
+    fig.tight_layout()
+    fig.savefig(out / "hetero_cdf.png", dpi=110)
+    swaps = [r for r in results if r.arm.startswith("swap/")]
+    if swaps:
+        fig, ax = plt.subplots(figsize=(9, 4))
+        for r in swaps:
+            ax.plot(range(len(r.p99_by_second)), r.p99_by_second, marker="o", label=r.arm)
+        ax.axvline(len(swaps[0].p99_by_second) / 2, color="grey", linestyle="--", label="speeds swapped")
+        ax.set_xlabel("second of the arm")
+        ax.set_ylabel("p99 in that second (ms)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "hetero_swap.png", dpi=110)
+    console.print(f"plots in {out}/")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
