@@ -86,7 +86,7 @@ def blames_endpoint(code: str) -> bool:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Plan:
-    """One logical call: what to route, the payload, the absolute deadline (monotonic seconds)."""
+    """One logical call: what to route, the payload, the absolute deadline (monotonic seconds), its rows."""
 
     model: str
     version: int | None
@@ -95,6 +95,7 @@ class Plan:
     key: object = None
     also: tuple[ModelVersion, ...] = ()  # predict_many: further models the instance must host
     first: Endpoint | None = None        # scatter: the shard's planned endpoint (first attempt only)
+    rows: int = 1                        # the call's cost in rows (batch size), for load accounting
 
 
 # -- events in ------------------------------------------------------------------------------------------

@@ -231,9 +231,10 @@ class WeiClient:
 
     def _plan(self, model: str, version: int | None, inputs: Mapping[str, Any], outputs: list[str] | None,
               deadline: float, key: object, first: Any = None) -> Plan:
-        payload = _encode(wire.PredictRequest(model=model, version=version, inputs=_arrays(inputs),
-                                              outputs=outputs))
-        return Plan(model=model, version=version, payload=payload, deadline=deadline, key=key, first=first)
+        arrays = _arrays(inputs)
+        payload = _encode(wire.PredictRequest(model=model, version=version, inputs=arrays, outputs=outputs))
+        return Plan(model=model, version=version, payload=payload, deadline=deadline, key=key, first=first,
+                    rows=max(1, _rows(arrays)))
 
     def _many_plan(self, models: Mapping[str, int | None], inputs: Mapping[str, Any],
                    outputs: list[str] | None, timeout: float | None, key: object) -> Plan:
@@ -242,9 +243,10 @@ class WeiClient:
         resolved = {m: self._resolve_version(m, v, key) for m, v in models.items()}
         first, *rest = resolved
         deadline = self._deadline(timeout)
-        payload = _encode(wire.PredictRequest(models=resolved, inputs=_arrays(inputs), outputs=outputs))
+        arrays = _arrays(inputs)
+        payload = _encode(wire.PredictRequest(models=resolved, inputs=arrays, outputs=outputs))
         return Plan(model=first, version=resolved[first], payload=payload, deadline=deadline, key=key,
-                    also=tuple((m, resolved[m]) for m in rest))
+                    also=tuple((m, resolved[m]) for m in rest), rows=max(1, _rows(arrays)))
 
     def _scatter_executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -338,6 +340,7 @@ def _encode(req: wire.PredictRequest) -> bytes:
 
 
 def _rows(inputs: Mapping[str, Any]) -> int:
+    """The batch size the inputs agree on (0 when they do not, or are scalars): a call's cost in rows."""
     sizes = {np.shape(v)[0] if np.ndim(v) else 0 for v in inputs.values()}
     return sizes.pop() if len(sizes) == 1 else 0
 

@@ -5,7 +5,8 @@
     weiclient_attempts_total{service,endpoint,code}     every try, per endpoint
     weiclient_retries_total{service,code}
     weiclient_hedges_total{service,outcome}
-    weiclient_endpoint_in_flight / _effective_weight / _ejected {service,endpoint}   at scrape time
+    weiclient_endpoint_in_flight / _in_flight_rows / _effective_weight / _ejected {service,endpoint}
+                                                        at scrape time
 
 The per-endpoint gauges are read from the balancer when Prometheus scrapes
 (a custom collector), so the request path only bumps counters.
@@ -83,6 +84,8 @@ class EndpointCollector(Collector):
         families = {
             "in_flight": GaugeMetricFamily("weiclient_endpoint_in_flight", "Calls in flight",
                                            labels=["service", "endpoint"]),
+            "in_flight_rows": GaugeMetricFamily("weiclient_endpoint_in_flight_rows", "Rows of the calls in flight",
+                                                labels=["service", "endpoint"]),
             "effective_weight": GaugeMetricFamily("weiclient_endpoint_effective_weight",
                                                   "Weight after slow start, health and ejection",
                                                   labels=["service", "endpoint"]),
@@ -92,6 +95,7 @@ class EndpointCollector(Collector):
         for ep in stats.endpoints:
             labels = [self._service, ep.address]
             families["in_flight"].add_metric(labels, ep.in_flight)
+            families["in_flight_rows"].add_metric(labels, ep.in_flight_rows)
             families["effective_weight"].add_metric(labels, ep.effective_weight)
             families["ejected"].add_metric(labels, 1.0 if ep.ejected_for_s > 0 else 0.0)
         yield from families.values()

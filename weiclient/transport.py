@@ -3,7 +3,7 @@
 :mod:`weiclient.attempts` decides (send, hedge, wait, back off, return, give
 up); the two drivers here act on it. They make the calls, turn each call's
 end into an outcome event once (:meth:`Transport._finish`: the balancer's
-accounting, the ORCA load report, the attempt metric, the latency window),
+accounting, in calls and in the plan's rows, the ORCA load report, the attempt metric, the latency window),
 sleep when told and raise what the controller gives up with.
 
 A call that no hedge can follow is one blocking ``with_call`` on the
@@ -84,6 +84,7 @@ class _Flight:
     t0: float
     future: Any
     fresh: bool
+    rows: int
 
 
 class Transport:
@@ -134,15 +135,15 @@ class Transport:
 
     def _pick(self, plan: Plan, exclude: Collection[Endpoint], now: float) -> Endpoint:
         return self._balancer().pick(plan.model, plan.version, key=plan.key, exclude=exclude, also=plan.also,
-                                     now=now)
+                                     now=now, cost=plan.rows)
 
-    def _begin(self, ep: Endpoint, pool: ChannelPool | AioChannelPool) -> tuple[Any, bool]:
-        """Account a call to ``ep``: (its connection, whether the call opens the channel)."""
-        self._balancer().on_start(ep, self._clock())
+    def _begin(self, ep: Endpoint, pool: ChannelPool | AioChannelPool, rows: int) -> tuple[Any, bool]:
+        """Account a call of ``rows`` rows to ``ep``: (its connection, whether the call opens the channel)."""
+        self._balancer().on_start(ep, self._clock(), cost=rows)
         return pool.get(ep.address), pool.first_call(ep.address)
 
-    def _finish(self, ep: Endpoint, t0: float, fresh: bool, body: bytes | None, err: grpc.RpcError | None,
-                trailing: Any) -> Outcome:
+    def _finish(self, ep: Endpoint, rows: int, t0: float, fresh: bool, body: bytes | None,
+                err: grpc.RpcError | None, trailing: Any) -> Outcome:
         """The one translation of a call's end into an outcome event, accounted with the balancer.
 
         ``fresh``: the call opened its channel; its latency includes the TCP and
@@ -162,17 +163,17 @@ class Transport:
             try:
                 resp = wire.decode_response(body or b"")
             except wire.WireError as e:
-                bal.on_finish(ep, now, latency, False, report)
+                bal.on_finish(ep, now, latency, False, report, cost=rows)
                 self._metrics.attempt(ep.address, MALFORMED, measured)
                 return Failed(ep, MALFORMED, str(e), measured)
-            bal.on_finish(ep, now, latency, True, report)
+            bal.on_finish(ep, now, latency, True, report, cost=rows)
             if latency is not None and self._hedging:
                 self.latency.add(latency)
             self._metrics.attempt(ep.address, "OK", measured)
             return Answered(ep, resp, measured)
         code = err.code()
         name = code.name if code is not None else "UNKNOWN"
-        bal.on_finish(ep, now, measured, not blames_endpoint(name), report)
+        bal.on_finish(ep, now, measured, not blames_endpoint(name), report, cost=rows)
         self._metrics.attempt(ep.address, name, measured)
         return Failed(ep, name, err.details() or "", measured)
 
@@ -212,13 +213,13 @@ class Transport:
                 return self._conclude(decision)
 
     def _blocking(self, ep: Endpoint, plan: Plan, timeout: float) -> Outcome:
-        conn, fresh = self._begin(ep, self.pool)
+        conn, fresh = self._begin(ep, self.pool, plan.rows)
         t0 = self._clock()
         try:
             body, call = conn.predict.with_call(plan.payload, timeout=timeout)
         except grpc.RpcError as err:
-            return self._finish(ep, t0, fresh, None, err, _trailing(err))
-        return self._finish(ep, t0, fresh, body, None, call.trailing_metadata())
+            return self._finish(ep, plan.rows, t0, fresh, None, err, _trailing(err))
+        return self._finish(ep, plan.rows, t0, fresh, body, None, call.trailing_metadata())
 
     def _hedged_round(self, ctl: AttemptController, plan: Plan, send: Send) -> Decision:
         """A round that a hedge may join: futures report their end on a queue."""
@@ -245,23 +246,24 @@ class Transport:
                 self._abandon(loser)
 
     def _start(self, ep: Endpoint, plan: Plan, timeout: float, ended: queue.SimpleQueue[_Flight]) -> _Flight:
-        conn, fresh = self._begin(ep, self.pool)
+        conn, fresh = self._begin(ep, self.pool, plan.rows)
         fut = conn.predict.future(plan.payload, timeout=timeout)
-        flight = _Flight(ep, self._clock(), fut, fresh)
+        flight = _Flight(ep, self._clock(), fut, fresh, plan.rows)
         fut.add_done_callback(lambda _f: ended.put(flight))
         return flight
 
     def _outcome(self, flight: _Flight) -> Outcome:
+        ep, rows = flight.endpoint, flight.rows
         try:
             body = flight.future.result()
         except grpc.RpcError as err:
-            return self._finish(flight.endpoint, flight.t0, flight.fresh, None, err, _trailing(err))
-        return self._finish(flight.endpoint, flight.t0, flight.fresh, body, None, flight.future.trailing_metadata())
+            return self._finish(ep, rows, flight.t0, flight.fresh, None, err, _trailing(err))
+        return self._finish(ep, rows, flight.t0, flight.fresh, body, None, flight.future.trailing_metadata())
 
     def _abandon(self, flight: _Flight) -> None:
         """Cancel a hedge's losing call and release its in-flight slot (no latency sample)."""
         flight.future.cancel()
-        self._balancer().on_finish(flight.endpoint, self._clock(), None, True, None)
+        self._balancer().on_finish(flight.endpoint, self._clock(), None, True, None, cost=flight.rows)
 
     # -- asyncio ---------------------------------------------------------------------------------
 
@@ -306,18 +308,18 @@ class Transport:
         if pool is None:
             pool = self.aio_pool = AioChannelPool(self.config.channel, loop=asyncio.get_running_loop(),
                                                   clock=self._clock)
-        conn, fresh = self._begin(ep, pool)
+        conn, fresh = self._begin(ep, pool, plan.rows)
         t0 = self._clock()
         call = conn.predict(plan.payload, timeout=timeout)
         try:
             body = await call
         except asyncio.CancelledError:
-            self._balancer().on_finish(ep, self._clock(), None, True, None)
+            self._balancer().on_finish(ep, self._clock(), None, True, None, cost=plan.rows)
             call.cancel()
             raise
         except grpc.RpcError as err:
-            return self._finish(ep, t0, fresh, None, err, _trailing(err))
-        return self._finish(ep, t0, fresh, body, None, await call.trailing_metadata())
+            return self._finish(ep, plan.rows, t0, fresh, None, err, _trailing(err))
+        return self._finish(ep, plan.rows, t0, fresh, body, None, await call.trailing_metadata())
 
     # -- lifecycle -------------------------------------------------------------------------------
 

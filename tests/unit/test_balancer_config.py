@@ -44,7 +44,8 @@ def rec(i: int, weight: float = 1.0) -> InstanceRecord:
 # -- policies --------------------------------------------------------------------------
 
 def test_every_named_policy_builds_and_picks():
-    assert set(POLICIES) == {"weighted_p2c", "round_robin", "random", "consistent_hash"}
+    assert set(POLICIES) == {"weighted_p2c", "round_robin", "random", "consistent_hash",
+                             "p2c_jsed", "prequal", "least_outstanding", "orca_wrr"}
     for name in POLICIES:
         b = Balancer(build_policy(name), rng=random.Random(1))
         b.update(snapshot_from_records("ctr", [rec(0), rec(1)], version=1), now=0.0)

@@ -9,10 +9,13 @@ a :class:`Policy`. No module here does I/O or reads a clock.
 
 from .balancer import Balancer, BalancerStats, EndpointStats
 from .candidates import Candidates, Endpoint, ModelVersion, View, WeightTable
+from .delay import JsedConfig, LeastOutstandingConfig
 from .hashing import HashConfig, key_hash
 from .metric import PeakEwma
+from .orca_wrr import OrcaWrrConfig
 from .outlier import OutlierDetection
 from .policies import DEFAULT_POLICY, POLICIES, Policy, RandomConfig, build_policy, policy_from_spec, valid_knobs
+from .prequal import PrequalConfig
 from .retry_budget import RetryBudget, RetryBudgetConfig
 from .scatter import Shard, gather, plan_shards, split_sizes
 from .selectors import P2CConfig, WrrConfig
@@ -21,8 +24,8 @@ from .weights import SlowStart
 
 __all__ = [
     "DEFAULT_POLICY", "POLICIES", "Balancer", "BalancerStats", "Candidates", "Endpoint", "EndpointState",
-    "EndpointStats", "HashConfig", "ModelVersion", "OutlierDetection", "P2CConfig", "PeakEwma", "Policy",
-    "RandomConfig", "RetryBudget", "RetryBudgetConfig", "ServerLoad", "Shard", "SlowStart", "View", "WeightTable",
-    "WrrConfig", "build_policy", "gather", "key_hash", "plan_shards", "policy_from_spec", "split_sizes",
-    "valid_knobs",
+    "EndpointStats", "HashConfig", "JsedConfig", "LeastOutstandingConfig", "ModelVersion", "OrcaWrrConfig",
+    "OutlierDetection", "P2CConfig", "PeakEwma", "Policy", "PrequalConfig", "RandomConfig", "RetryBudget",
+    "RetryBudgetConfig", "ServerLoad", "Shard", "SlowStart", "View", "WeightTable", "WrrConfig", "build_policy",
+    "gather", "key_hash", "plan_shards", "policy_from_spec", "split_sizes", "valid_knobs",
 ]

@@ -23,3 +23,9 @@ def integer(field: str, value: object, *, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidBalancerConfig(field, f"an integer in [{low}, {high}]", value)
     return value
+
+
+def flag(field: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidBalancerConfig(field, "true or false", value)
+    return value

@@ -3,13 +3,17 @@
 ::
 
     update(snapshot, now)   membership -> a new immutable Candidates vector (states carried)
-    pick(model, version, key=, exclude=, also=, now=)
+    pick(model, version, key=, exclude=, also=, now=, cost=)
         Candidates.view(model, version, also)
                                           filter: hosts them all, enabled, not draining, weight > 0
         View.current(now, epoch)          filter: not ejected; effective weights, prefix sums
-        selector.select(...)              P2C / WRR / random / bounded-load hash
-    on_start(endpoint, now) / on_finish(endpoint, now, latency_s, ok, load_report)
+        selector.select(...)              P2C / WRR / random / bounded-load hash / JSED /
+                                          least outstanding / Prequal / ORCA WRR
+    on_start(endpoint, now, cost=) / on_finish(endpoint, now, latency_s, ok, load_report, cost=)
                                           load metric and outlier events
+
+``cost`` is the call's size in rows (at least 1): load is counted in calls
+and in rows (see :mod:`.state`), and a pick may weigh this call's own rows.
 
 Nothing here reads a clock, sleeps, or does I/O: the transport passes ``now``
 (``time.monotonic()``) and the outcome of each call. Randomness comes from
@@ -54,6 +58,7 @@ class EndpointStats:
     ramp: float               # slow-start factor
     health: float
     in_flight: int
+    in_flight_rows: float
     latency_ms: float         # peak EWMA; 0 before the first sample
     queue_depth: float        # from the last load report
     consecutive_failures: int
@@ -70,6 +75,7 @@ class BalancerStats:
     routable: int
     ejected: int
     in_flight: int
+    in_flight_rows: float
     endpoints: tuple[EndpointStats, ...]
 
 
@@ -83,6 +89,8 @@ class Balancer:
         self._lock = threading.Lock()
         self._totals = LoadTotals()
         self._selector = self.policy.make_selector(self._totals)
+        # A selector that keeps per-endpoint figures from load reports (orca_wrr) is told of each one.
+        self._observe = getattr(self._selector, "observe", None)
         self._weigher = Weigher(slow_start=self.policy.slow_start, outlier=self.policy.outlier)
         self._candidates = Candidates.empty(service)
         self._epoch = 0           # membership or ejection changed: tables are out of date
@@ -100,6 +108,7 @@ class Balancer:
             nxt._candidates = self._candidates
             nxt._met_members = self._met_members
             nxt._totals.in_flight = self._totals.in_flight
+            nxt._totals.in_flight_rows = self._totals.in_flight_rows
         nxt._epoch = self._epoch + 1
         return nxt
 
@@ -157,16 +166,17 @@ class Balancer:
 
     def pick(self, model: str, version: int | None = None, *, key: object = None,
              exclude: Collection[Endpoint] = frozenset(), also: Sequence[ModelVersion] = (),
-             now: float) -> Endpoint:
+             now: float, cost: float = 1.0) -> Endpoint:
         """One endpoint for a request; raises :class:`NoEndpointAvailable` saying why not.
 
         ``key`` (str, bytes or int) is used by ``consistent_hash``; ``exclude``
         holds endpoints already tried (retries); ``also`` names further
         (model, version) pairs the endpoint must host (``predict_many``);
-        ``now`` is monotonic seconds.
+        ``now`` is monotonic seconds; ``cost`` the call's rows.
         """
         view, table = self._table(model, version, also, now)
-        ep = self._selector.select(view, table, key=key, exclude=exclude, now=now, rng=self._rng)
+        ep = self._selector.select(view, table, key=key, exclude=exclude, now=now, rng=self._rng,
+                                   cost=_rows(cost))
         if ep is None:
             ejected = f", {table.ejected} ejected" if table.ejected else ""
             raise NoEndpointAvailable(model, version, Unavailable.ALL_EXCLUDED,
@@ -193,27 +203,36 @@ class Balancer:
 
     # -- load events ---------------------------------------------------------------
 
-    def on_start(self, endpoint: Endpoint, now: float) -> None:
-        """A request was sent to ``endpoint`` (call once per attempt)."""
+    def on_start(self, endpoint: Endpoint, now: float, *, cost: float = 1.0) -> None:
+        """A request of ``cost`` rows was sent to ``endpoint`` (call once per attempt)."""
+        rows = _rows(cost)
         with self._lock:
-            endpoint.state.in_flight += 1
-            self._totals.in_flight += 1
+            st, totals = endpoint.state, self._totals
+            st.in_flight += 1
+            st.in_flight_rows += rows
+            totals.in_flight += 1
+            totals.in_flight_rows += rows
 
     def on_finish(self, endpoint: Endpoint, now: float, latency_s: float | None, ok: bool,
-                  load_report: object = None) -> None:
+                  load_report: object = None, *, cost: float = 1.0) -> None:
         """An attempt on ``endpoint`` ended after ``latency_s``.
 
         ``ok`` is False when the *endpoint* failed (UNAVAILABLE, DEADLINE_EXCEEDED,
         RESOURCE_EXHAUSTED, INTERNAL, a broken connection); a caller's own error
         (INVALID_ARGUMENT) is not the endpoint's fault: pass True. ``load_report``
         is a :class:`~.state.ServerLoad`, an ORCA ``LoadReport`` or None.
+        ``cost``: the rows the attempt was started with.
         """
         report = coerce_load(load_report)
+        rows = _rows(cost)
         with self._lock:
-            st = endpoint.state
+            st, totals = endpoint.state, self._totals
             if st.in_flight > 0:
                 st.in_flight -= 1
-                self._totals.in_flight -= 1
+                totals.in_flight -= 1
+                # rows go with their calls: none are left once no call is (no drift from a mismatched cost)
+                st.in_flight_rows = max(0.0, st.in_flight_rows - rows) if st.in_flight else 0.0
+                totals.in_flight_rows = max(0.0, totals.in_flight_rows - rows) if totals.in_flight else 0.0
             # A failure only raises the estimate: a fast refusal must not make a broken pod look quick.
             if (latency_s is not None and math.isfinite(latency_s) and latency_s >= 0.0
                     and (ok or latency_s > st.latency_s)):
@@ -221,6 +240,8 @@ class Balancer:
             if report is not None:
                 st.report = report
                 st.report_at = now
+                if self._observe is not None:
+                    self._observe(st, report, now)
             was_ejected = st.ejected_until
             if self.policy.outlier.record(st, ok, now, lambda: self._may_eject(now)):
                 if st.ejected_until != was_ejected:
@@ -248,7 +269,7 @@ class Balancer:
                 instance_id=ep.instance_id, address=ep.address, published_weight=ep.weight,
                 effective_weight=0.0 if ejected else weigher.effective(ep.weight, st, now),
                 ramp=weigher.ramp(st, now), health=self.policy.outlier.health(st, now),
-                in_flight=st.in_flight, latency_ms=load.latency(st, now) * 1000.0,
+                in_flight=st.in_flight, in_flight_rows=st.in_flight_rows, latency_ms=load.latency(st, now) * 1000.0,
                 queue_depth=rep.queue_depth if rep is not None else 0.0,
                 consecutive_failures=self.policy.outlier.failures(st, now),
                 ejected_for_s=max(0.0, st.ejected_until - now) if ejected else 0.0,
@@ -257,9 +278,14 @@ class Balancer:
             service=cands.service, membership_version=cands.version, policy=self.policy.name,
             members=len(cands.records), routable=len(cands.endpoints),
             ejected=sum(1 for r in rows if r.ejected_for_s > 0), in_flight=self._totals.in_flight,
-            endpoints=tuple(rows))
+            in_flight_rows=self._totals.in_flight_rows, endpoints=tuple(rows))
 
     def __repr__(self) -> str:
         c = self._candidates
         return (f"<Balancer {self.policy.name} {c.service} v{c.version}: {len(c.endpoints)} routable, "
-                f"{self._totals.in_flight} in flight>")
+                f"{self._totals.in_flight} in flight ({self._totals.in_flight_rows:g} rows)>")
+
+
+def _rows(cost: float) -> float:
+    """A call's cost in rows: at least 1 (a call with no rows still takes a slot); NaN or inf is 1."""
+    return cost if 1.0 <= cost < math.inf else 1.0

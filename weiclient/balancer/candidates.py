@@ -79,6 +79,14 @@ class WeightTable:
         i = bisect_right(self.prefix, u * self.total)
         return i if i < len(self.prefix) else len(self.prefix) - 1
 
+    def reweighted(self, weights: Sequence[float], now: float, valid_until: float) -> WeightTable:
+        """The same endpoints under other positive weights (a selector's own sampling table)."""
+        total = math.fsum(weights)
+        return WeightTable(
+            endpoints=self.endpoints, weights=tuple(weights), prefix=tuple(accumulate(weights)),
+            view_weights=(), total=total, unit=len(weights) / total if total > 0 else 1.0, ejected=self.ejected,
+            epoch=self.epoch, soft_epoch=self.soft_epoch, built_at=now, valid_until=valid_until)
+
 
 def build_table(endpoints: tuple[Endpoint, ...], now: float, weigher: Weigher,
                 epoch: int = 0, soft_epoch: int = 0) -> WeightTable:

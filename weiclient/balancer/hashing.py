@@ -121,7 +121,7 @@ class BoundedLoadHash:
         return ring
 
     def select(self, view: View, table: WeightTable, *, key: object, exclude: Collection[Endpoint],
-               now: float, rng: random.Random) -> Endpoint | None:
+               now: float, rng: random.Random, cost: float = 1.0) -> Endpoint | None:
         if key is None:
             return _weighted(table, exclude, rng)
         ring = self.ring(view)

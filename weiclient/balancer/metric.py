@@ -6,6 +6,12 @@
     pending = client in-flight + server queue depth (in requests, fresh reports only)
     unit    = 1 / mean effective weight of the candidates
 
+With ``count_rows`` the same formula is written in rows, the cost of the
+work rather than the number of calls (``pending`` = client in-flight rows +
+server queued rows, and the ``unit`` term is this call's rows)::
+
+    cost = ((in-flight rows + queued rows) / weight + rows x unit) x latency
+
 This is the issue's ``(in-flight + queue + 1) x latency / weight`` with the
 ``+ 1`` counted in units of the *average* endpoint rather than of each
 endpoint's own weight. Candidates are already sampled in proportion to
@@ -29,7 +35,7 @@ import math
 from dataclasses import dataclass
 
 from . import _check
-from .state import EndpointState
+from .state import EndpointState, ServerLoad
 
 __all__ = ["PeakEwma"]
 
@@ -54,25 +60,42 @@ class PeakEwma:
     call carries 1,000-2,000 items, so 1,000 rows count as one pending request.
     ``penalty_s`` (1 s): latency assumed for an endpoint that has requests
     outstanding but has never answered.
+    ``count_rows`` (false): count pending work in rows (the client's in-flight
+    rows and the server's queued rows, this call's rows for the ``+ 1``)
+    rather than in calls, so that a small call is not queued behind a
+    2,000-row one on a pod that holds fewer calls. Off by default so that
+    ``weighted_p2c`` behaves as it did until a benchmark decides; the
+    ``p2c_jsed`` and ``least_outstanding`` policies always count rows.
     """
 
     decay_s: float = 2.0
     report_ttl_s: float = 2.0
     queue_rows_per_request: float = 1000.0
     penalty_s: float = 1.0
+    count_rows: bool = False
 
     def __post_init__(self) -> None:
         _check.number("load.decay_s", self.decay_s, low=0.0, low_open=True)
         _check.number("load.report_ttl_s", self.report_ttl_s, low=0.0)
         _check.number("load.queue_rows_per_request", self.queue_rows_per_request, low=0.0, low_open=True)
         _check.number("load.penalty_s", self.penalty_s, low=0.0, low_open=True)
+        _check.flag("load.count_rows", self.count_rows)
+
+    def fresh(self, st: EndpointState, now: float) -> ServerLoad | None:
+        """The endpoint's load report if it is at most ``report_ttl_s`` old."""
+        rep = st.report
+        return rep if rep is not None and now - st.report_at <= self.report_ttl_s else None
+
+    def queued_rows(self, st: EndpointState, now: float) -> float:
+        """Rows waiting in the server's batch queues, from a fresh report (0 without one)."""
+        rep = self.fresh(st, now)
+        return rep.queue_depth if rep is not None else 0.0
 
     def pending(self, st: EndpointState, now: float) -> float:
-        """Requests ahead of ours: our own in-flight plus the server's fresh queue."""
-        rep = st.report
-        if rep is None or now - st.report_at > self.report_ttl_s:
-            return float(st.in_flight)
-        return st.in_flight + rep.queue_depth / self.queue_rows_per_request
+        """Work ahead of ours: our own in-flight plus the server's fresh queue (requests, or rows)."""
+        if self.count_rows:
+            return st.in_flight_rows + self.queued_rows(st, now)
+        return st.in_flight + self.queued_rows(st, now) / self.queue_rows_per_request
 
     def latency(self, st: EndpointState, now: float | None = None) -> float:
         """The estimate, decayed by the time since its last sample when ``now`` is given."""
@@ -83,11 +106,14 @@ class PeakEwma:
         rep = st.report
         return rep.ewma_latency_s if rep is not None else 0.0
 
-    def cost(self, st: EndpointState, weight: float, unit: float, now: float) -> float:
+    def cost(self, st: EndpointState, weight: float, unit: float, now: float, rows: float = 1.0) -> float:
+        """The cost of one more call of ``rows`` rows (``rows`` counts only with ``count_rows``)."""
         pending = self.pending(st, now)
         latency = self.latency(st, now)
         if latency == 0.0:
             if pending == 0.0:
                 return 0.0
             latency = self.penalty_s
+        if self.count_rows:
+            unit *= rows
         return (pending / weight + unit) * latency

@@ -22,9 +22,12 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import InvalidBalancerConfig
+from .delay import ExpectedDelay, JsedConfig, LeastOutstanding, LeastOutstandingConfig
 from .hashing import BoundedLoadHash, HashConfig
 from .metric import PeakEwma
+from .orca_wrr import OrcaWeightedRoundRobin, OrcaWrrConfig
 from .outlier import OutlierDetection
+from .prequal import Prequal, PrequalConfig
 from .selectors import P2CConfig, PowerOfChoices, Selector, SmoothWeightedRoundRobin, WeightedRandom, WrrConfig
 from .state import LoadTotals
 from .weights import SlowStart
@@ -48,7 +51,8 @@ class RandomConfig:
     """Weighted random has no knobs of its own."""
 
 
-SelectorConfig = P2CConfig | WrrConfig | RandomConfig | HashConfig
+SelectorConfig = (P2CConfig | WrrConfig | RandomConfig | HashConfig | JsedConfig | PrequalConfig
+                  | LeastOutstandingConfig | OrcaWrrConfig)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,14 @@ POLICIES: Mapping[str, PolicyKind] = MappingProxyType({
     "random": PolicyKind(RandomConfig, lambda c, m, t: WeightedRandom(), "weighted random"),
     "consistent_hash": PolicyKind(HashConfig, lambda c, m, t: BoundedLoadHash(c, t),
                                   "consistent hashing with bounded loads on the request key"),
+    "p2c_jsed": PolicyKind(JsedConfig, lambda c, m, t: ExpectedDelay(c, m),
+                           "power of two choices on expected delay: rows ahead / capacity"),
+    "prequal": PolicyKind(PrequalConfig, lambda c, m, t: Prequal(c, m),
+                          "Prequal's hot-cold rule on requests in flight and latency"),
+    "least_outstanding": PolicyKind(LeastOutstandingConfig, lambda c, m, t: LeastOutstanding(c),
+                                    "weighted least outstanding rows"),
+    "orca_wrr": PolicyKind(OrcaWrrConfig, lambda c, m, t: OrcaWeightedRoundRobin(c),
+                           "smooth weighted round robin on ORCA-reported weights (gRFC A58)"),
 })
 
 _SECTIONS: Mapping[str, type] = MappingProxyType(

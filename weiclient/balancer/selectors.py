@@ -34,10 +34,15 @@ __all__ = ["P2CConfig", "PowerOfChoices", "Selector", "SmoothWeightedRoundRobin"
 
 
 class Selector(Protocol):
-    """Chooses one endpoint of a non-empty table; None when every one is excluded."""
+    """Chooses one endpoint of a non-empty table; None when every one is excluded.
+
+    ``cost`` is the call's rows (at least 1). A selector that keeps figures
+    from load reports may also define ``observe(state, report, now)``: the
+    balancer calls it with each report, under its lock (see :mod:`.orca_wrr`).
+    """
 
     def select(self, view: View, table: WeightTable, *, key: object, exclude: Collection[Endpoint],
-               now: float, rng: random.Random) -> Endpoint | None: ...
+               now: float, rng: random.Random, cost: float = 1.0) -> Endpoint | None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,21 +70,21 @@ class PowerOfChoices:
         self.metric = metric
 
     def select(self, view: View, table: WeightTable, *, key: object, exclude: Collection[Endpoint],
-               now: float, rng: random.Random) -> Endpoint | None:
+               now: float, rng: random.Random, cost: float = 1.0) -> Endpoint | None:
         eps = table.endpoints
         if not exclude and self.config.choices == 2:
             i, j = sample_pair(table, rng)
             if i == j:
                 return eps[i]
-            cost = self.metric.cost
+            metric = self.metric.cost
             unit = table.unit
-            ci = cost(eps[i].state, table.weights[i], unit, now)
-            cj = cost(eps[j].state, table.weights[j], unit, now)
+            ci = metric(eps[i].state, table.weights[i], unit, now, cost)
+            cj = metric(eps[j].state, table.weights[j], unit, now, cost)
             return eps[j] if cj < ci * (1.0 - self.config.tolerance) else eps[i]
         drawn = sample_distinct(table, rng, self.config.choices, exclude)
         if not drawn:
             return None
-        costs = [self.metric.cost(eps[i].state, table.weights[i], table.unit, now) for i in drawn]
+        costs = [self.metric.cost(eps[i].state, table.weights[i], table.unit, now, cost) for i in drawn]
         best = min(range(len(drawn)), key=costs.__getitem__)  # min() keeps the first of equal costs
         return eps[drawn[best] if costs[best] < costs[0] * (1.0 - self.config.tolerance) else drawn[0]]
 
@@ -89,7 +94,7 @@ class PowerOfChoices:
 
 class WeightedRandom:
     def select(self, view: View, table: WeightTable, *, key: object, exclude: Collection[Endpoint],
-               now: float, rng: random.Random) -> Endpoint | None:
+               now: float, rng: random.Random, cost: float = 1.0) -> Endpoint | None:
         if not exclude:
             return table.endpoints[table.index_at(rng.random())]
         drawn = sample_distinct(table, rng, 1, exclude)
@@ -136,7 +141,7 @@ class SmoothWeightedRoundRobin:
         return cycle
 
     def select(self, view: View, table: WeightTable, *, key: object, exclude: Collection[Endpoint],
-               now: float, rng: random.Random) -> Endpoint | None:
+               now: float, rng: random.Random, cost: float = 1.0) -> Endpoint | None:
         order = self.cycle(table).order
         position: itertools.count[int] | None = view.cache.get(self)
         if position is None:

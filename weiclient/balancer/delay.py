@@ -1,0 +1,181 @@
+"""Selectors that count rows: weighted least outstanding and join-the-shortest-expected-delay.
+
+Both compare the *work* ahead of a call on each endpoint, in rows (see
+:mod:`.state`), per unit of capacity, the call's own rows included:
+
+* :class:`LeastOutstanding` (``least_outstanding``)::
+
+      cost = (client in-flight rows + rows) / effective weight
+
+  Only what this client sees: no load report is needed, so it works against
+  any server that speaks the protocol. Blind to other clients' load.
+
+* :class:`ExpectedDelay` (``p2c_jsed``): the seconds before the call would
+  finish, as far as a queue model tells::
+
+      delay = (client in-flight rows + server queued rows + rows) / capacity
+
+  ``server queued rows`` from a fresh report (``load.report_ttl_s``), so
+  other clients' load counts; our own queued rows are counted twice (in
+  both terms), which with many clients is a small share of the queue.
+  ``capacity`` (rows/s) is the report's ``capacity_rows_per_s`` when a
+  report younger than ``capacity_ttl_s`` has one, else the effective weight
+  scaled to the known capacities (``weight x sum(known capacities) /
+  sum(their weights)``), else the effective weight itself. A known capacity
+  is multiplied by the client's own ramp and health factor (effective /
+  published weight), so slow start and failures still act. Capacities are
+  recomputed once a second per weight table (an O(n) pass), not per pick.
+
+Candidates are drawn in proportion to weight (``least_outstanding``: the
+effective weight, and with few endpoints it compares them all;
+``p2c_jsed``: the capacity above, see :class:`JsedConfig`), and the lowest
+cost wins; an equal cost goes to the first draw. Dividing by capacity after
+a weighted draw favours large pods twice when all are idle: there the
+fastest pod *is* the shortest delay, and under load queues form and shares
+approach capacity. A uniform draw would be worse: a pod is in at most
+``choices / n`` of the comparisons whatever its capacity, so a few big pods
+among many small ones would get less than their share and the small ones
+would overflow.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from . import _check
+from .candidates import Endpoint, View, WeightTable
+from .metric import PeakEwma
+from .sampling import sample_distinct, sample_pair
+
+__all__ = ["ExpectedDelay", "JsedConfig", "LeastOutstanding", "LeastOutstandingConfig"]
+
+# How often a table's capacities are recomputed (an O(n) pass): they are the servers' 10 s window
+# estimates, so reading them a second late costs nothing.
+_CAPACITY_REFRESH_S = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeastOutstandingConfig:
+    """``choices`` (2): as ``weighted_p2c``'s; two draws already avoid the
+    worst of a random pick, more herd clients onto the same pods.
+    ``scan_all`` (8): with at most this many available endpoints every one is
+    compared (about the cost of two weighted draws); a pair drawn from three
+    misses the least loaded one a third of the time."""
+
+    choices: int = 2
+    scan_all: int = 8
+
+    def __post_init__(self) -> None:
+        _check.integer("choices", self.choices, low=2, high=8)
+        _check.integer("scan_all", self.scan_all, low=0, high=64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JsedConfig:
+    """``choices`` (2): as ``weighted_p2c``'s. ``capacity_ttl_s`` (60 s): a
+    report's capacity is a 10 s window estimate of what the pod can do and
+    moves slowly; a minute-old one still says more than the published
+    weight, while its queue (``load.report_ttl_s``, 2 s) has long drained.
+    ``sample_by_capacity`` (true): draw candidates in proportion to the
+    capacity the delay divides by rather than to the published weight (the
+    two agree until a report says otherwise). Two draws from weights that
+    no longer match the pods cap a pod's share by how often it is drawn: on
+    a 1:2:4 fleet whose fastest and slowest pods swapped speeds, the pod now
+    fastest is in at most 39 % of the pairs while it should take 57 % of the
+    rows, and the slow one's queue grows without bound (seconds of latency
+    in tests/unit/test_policy_jsed.py, as with ``weighted_p2c``) until the
+    agent's weight catches up. False draws by effective weight."""
+
+    choices: int = 2
+    capacity_ttl_s: float = 60.0
+    sample_by_capacity: bool = True
+
+    def __post_init__(self) -> None:
+        _check.integer("choices", self.choices, low=2, high=8)
+        _check.number("capacity_ttl_s", self.capacity_ttl_s, low=0.0)
+        _check.flag("sample_by_capacity", self.sample_by_capacity)
+
+
+def _drawn(table: WeightTable, rng: random.Random, k: int, exclude: Collection[Endpoint]) -> list[int]:
+    if not exclude and k == 2:
+        i, j = sample_pair(table, rng)
+        return [i] if i == j else [i, j]
+    return sample_distinct(table, rng, k, exclude)
+
+
+class LeastOutstanding:
+    def __init__(self, config: LeastOutstandingConfig) -> None:
+        self.config = config
+
+    def select(self, view: View, table: WeightTable, *, key: object, exclude: Collection[Endpoint],
+               now: float, rng: random.Random, cost: float = 1.0) -> Endpoint | None:
+        eps, weights = table.endpoints, table.weights
+        if len(eps) > self.config.scan_all:
+            drawn = _drawn(table, rng, self.config.choices, exclude)
+            if not drawn:
+                return None
+            return eps[min(drawn, key=lambda i: (eps[i].state.in_flight_rows + cost) / weights[i])]
+        best = math.inf
+        ties: list[int] = []
+        for i, ep in enumerate(eps):
+            if exclude and ep in exclude:
+                continue
+            c = (ep.state.in_flight_rows + cost) / weights[i]
+            if c < best:
+                best, ties = c, [i]
+            elif c == best:
+                ties.append(i)
+        if len(ties) <= 1:
+            return eps[ties[0]] if ties else None
+        # equal costs (equal weights, equal load): in proportion to weight, as an idle cluster is split
+        return eps[rng.choices(ties, weights=[weights[i] for i in ties])[0]]
+
+    def __repr__(self) -> str:
+        return f"LeastOutstanding({self.config!r})"
+
+
+class ExpectedDelay:
+    def __init__(self, config: JsedConfig, metric: PeakEwma) -> None:
+        self.config = config
+        self.metric = metric
+
+    def capacities(self, table: WeightTable, now: float) -> WeightTable:
+        """The table's endpoints weighted by capacity, rebuilt at most every second (an O(n) pass)."""
+        memo: WeightTable | None = table.cache.get(self)
+        if memo is not None and now < memo.valid_until:
+            return memo
+        eps = table.endpoints
+        known = [self._known(ep, now) for ep in eps]
+        reported = math.fsum(known)
+        published = math.fsum(ep.weight for ep, k in zip(eps, known, strict=True) if k > 0.0)
+        scale = reported / published if published > 0.0 else 1.0
+        caps = [(k if k > 0.0 else ep.weight * scale) * (eff / ep.weight)  # the client's ramp and health apply
+                for ep, eff, k in zip(eps, table.weights, known, strict=True)]
+        memo = table.reweighted(caps, now, now + _CAPACITY_REFRESH_S)
+        table.cache[self] = memo
+        return memo
+
+    def _known(self, ep: Endpoint, now: float) -> float:
+        rep = ep.state.report
+        if rep is None or now - ep.state.report_at > self.config.capacity_ttl_s:
+            return 0.0
+        return rep.capacity_rows_per_s
+
+    def delay(self, ep: Endpoint, capacity: float, now: float, rows: float) -> float:
+        st = ep.state
+        return (st.in_flight_rows + self.metric.queued_rows(st, now) + rows) / capacity
+
+    def select(self, view: View, table: WeightTable, *, key: object, exclude: Collection[Endpoint],
+               now: float, rng: random.Random, cost: float = 1.0) -> Endpoint | None:
+        caps = self.capacities(table, now)
+        drawn = _drawn(caps if self.config.sample_by_capacity else table, rng, self.config.choices, exclude)
+        if len(drawn) <= 1:
+            return table.endpoints[drawn[0]] if drawn else None
+        eps, weights = table.endpoints, caps.weights
+        return eps[min(drawn, key=lambda i: self.delay(eps[i], weights[i], now, cost))]
+
+    def __repr__(self) -> str:
+        return f"ExpectedDelay({self.config!r})"
