@@ -183,6 +183,35 @@ def test_scatter_gather_keeps_order_across_instances(cluster, client_for):
     assert sum(1 for a, b in zip(served, served[1:], strict=False) if a != b) == 2
 
 
+def test_the_balancer_counts_each_calls_rows(cluster, client_for):
+    """Load is counted in rows: every call (scattered shards, predict_many, asyncio) starts and
+    ends its attempts with its batch size, and nothing is left in flight after."""
+    for _ in range(2):
+        cluster.add()
+    client = client_for(balancer="least_outstanding")
+    wait_members(client, 2)
+    bal = client._balancer
+    costs: list[tuple[str, float]] = []
+
+    def recording(method, kind):
+        def wrapped(ep, now, *args, cost=1.0, **kw):
+            costs.append((kind, cost))
+            return method(ep, now, *args, cost=cost, **kw)
+        return wrapped
+
+    bal.on_start = recording(bal.on_start, "start")
+    bal.on_finish = recording(bal.on_finish, "end")
+    client.predict("ctr", {"x": x(37)})
+    client.predict_many({"ctr": None, "ctr_b": None}, {"x": x(5)})
+    asyncio.run(client.apredict("ctr", {"x": x(11)}))
+    client.predict("ctr", {"x": x(600)}, split=True)  # two shards of at least 256 rows
+    assert costs[:6] == [("start", 37), ("end", 37), ("start", 5), ("end", 5), ("start", 11), ("end", 11)]
+    shards = sorted(c for kind, c in costs[6:] if kind == "start")
+    assert sum(shards) == 600 and len(shards) == 2 and sorted(c for k, c in costs[6:] if k == "end") == shards
+    stats = client.stats().balancer
+    assert (stats.in_flight, stats.in_flight_rows) == (0, 0.0)
+
+
 def test_deadline_is_never_exceeded_by_retries(cluster, client_for):
     cluster.add(delay_s=0.5)
     client = client_for()
