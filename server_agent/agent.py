@@ -272,9 +272,11 @@ class Agent:
             self._drained_at = now
         elif t.move is Move.ENABLE and self._publisher is not None:
             ctl.registered(now)
-            self._publisher.enable(weight=ctl.decide(now).weight, state=State.WARMING)
+            self._publisher.update(enabled=True, weight=ctl.decide(now).weight, state=State.WARMING,
+                                   capacity=self._measured_capacity())
         elif t.move is Move.PROMOTE and self._publisher is not None:
-            self._publisher.update(state=State.SERVING, weight=ctl.decide(now).weight)
+            self._publisher.update(state=State.SERVING, weight=ctl.decide(now).weight,
+                                   capacity=self._measured_capacity())
 
     def _estimator_calibrated(self) -> bool:
         return self._estimator is not None and self._estimator.calibrated
@@ -306,7 +308,7 @@ class Agent:
         """The detected capacity, with the estimate as ``samples_per_s`` once evidence exists."""
         assert self._capacity is not None and self._estimator is not None
         cap, est = self._capacity.capacity, self._estimator
-        return replace(cap, samples_per_s=round(est.value, 1)) if est.evidence_s > 0 else cap
+        return replace(cap, samples_per_s=round(est.value, 1)) if est.measured else cap
 
     def _record(self, weight: float) -> InstanceRecord:
         cfg, cap = self.config, self._capacity

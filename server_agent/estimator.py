@@ -110,11 +110,14 @@ class CapacityEstimator:
         self.last_sample: float | None = None
 
     @property
+    def measured(self) -> bool:
+        """Whether :attr:`value` comes from measurements (a calibration counts), not a guess."""
+        return self.calibrated or self.evidence_s >= self.config.min_evidence_s
+
+    @property
     def value(self) -> float:
         """Samples per second: the measured average once there is enough of it, else the prior."""
-        if self.calibrated or self.evidence_s >= self.config.min_evidence_s:
-            return self._sum / self._weight
-        return self.prior
+        return self._sum / self._weight if self.measured else self.prior
 
     @property
     def confidence(self) -> float:

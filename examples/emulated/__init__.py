@@ -10,6 +10,11 @@ down mid-run (a noisy neighbour) by writing that file.
 
     write_model(models_dir, "ctr", 1, speed=2.0)     # models_dir/ctr/1/{model.py,speed}
     set_speed(models_dir, "ctr", 1, 0.5)             # from now on, half as fast
+
+:func:`write_accelerated` does the same around a real model: the version
+directory's ``model.py`` loads another version directory (a TensorFlow
+SavedModel, say), answers with its real outputs, and adds the emulated
+device time, so a fleet of real CTR pods can differ in speed on one machine.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-__all__ = ["FEATURES", "UNIT_S", "set_speed", "write_model"]
+__all__ = ["FEATURES", "UNIT_S", "set_speed", "write_accelerated", "write_model"]
 
 UNIT_S = 0.0002   # seconds per row at speed 1: 5,000 rows/s, a 1,000-row call in 0.2 s
 FEATURES = 13
@@ -71,6 +76,59 @@ def write_model(models_dir: Path, name: str, version: int, *, speed: float, unit
     path.mkdir(parents=True, exist_ok=True)
     (path / "model.py").write_text(textwrap.dedent(MODEL.format(unit_s=unit_s, fixed_s=fixed_s,
                                                                features=FEATURES)))
+    set_speed(models_dir, name, version, speed)
+    return path
+
+
+ACCELERATED = '''
+import time
+from pathlib import Path
+
+from serving.backends import load_backend
+
+UNIT_S = {unit_s!r}
+TARGET = Path({target!r})
+SPEED_FILE = Path(__file__).with_name("speed")
+
+
+class Accelerated:
+    """The real model's outputs; each batch also waits rows x UNIT_S / speed (the emulated device)."""
+
+    def __init__(self):
+        self._real = load_backend(TARGET)
+        self.signature = self._real.signature
+        self._speed, self._mtime = 1.0, None
+
+    def speed(self):
+        try:
+            mtime = SPEED_FILE.stat().st_mtime_ns
+            if mtime != self._mtime:
+                self._speed, self._mtime = max(1e-3, float(SPEED_FILE.read_text())), mtime
+        except (OSError, ValueError):
+            pass
+        return self._speed
+
+    def predict(self, inputs):
+        rows = len(next(iter(inputs.values())))
+        out = self._real.predict(inputs)
+        time.sleep(rows * UNIT_S / self.speed())
+        return out
+
+    def close(self):
+        self._real.close()
+
+
+def load(path):
+    return Accelerated()
+'''
+
+
+def write_accelerated(models_dir: Path, name: str, version: int, *, target: Path, speed: float,
+                      unit_s: float) -> Path:
+    """``models_dir/name/version`` serving the model in ``target`` on an emulated device of ``speed``."""
+    path = Path(models_dir) / name / str(version)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model.py").write_text(textwrap.dedent(ACCELERATED.format(unit_s=unit_s, target=str(target))))
     set_speed(models_dir, name, version, speed)
     return path
 
