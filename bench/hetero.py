@@ -41,6 +41,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +151,45 @@ async def open_loop(call, rate: float, seconds: float, on_second=None) -> tuple[
         tasks.append(asyncio.ensure_future(one(at)))
     await asyncio.gather(*tasks)
     return done, errors
+
+
+class WeightSampler:
+    """Published weights every ``period_s`` while an arm runs (a thread reading ZooKeeper)."""
+
+    def __init__(self, zk, service: str, pods: list[Pod], period_s: float = 0.5) -> None:
+        self.samples: list[tuple[float, list[float]]] = []
+        self._stop = threading.Event()
+        t0 = time.monotonic()
+
+        def run() -> None:
+            while not self._stop.wait(period_s):
+                self.samples.append((time.monotonic() - t0, published_weights(zk, service, pods)))
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def close(self) -> list[tuple[float, list[float]]]:
+        self._stop.set()
+        self._thread.join(5)
+        return self.samples
+
+
+def settled_at(samples: list[tuple[float, list[float]]], truth: list[float], after: float = 0.0,
+               tolerance: float = 0.15) -> float | None:
+    """The first time after ``after`` from which every weight ratio stays within ``tolerance`` of the truth."""
+    def ok(ws: list[float]) -> bool:
+        return all(w > 0 for w in ws) and all(abs((w / ws[0]) / (t / truth[0]) - 1) <= tolerance
+                                              for w, t in zip(ws, truth, strict=True))
+    found = None
+    for t, ws in samples:
+        if t < after:
+            continue
+        found = (t if found is None else found) if ok(ws) else None
+    return None if found is None else found - after
+
+
+def seconds_or(value: float | None, otherwise: str) -> str:
+    return otherwise if value is None else f"{value:.1f} s"
 
 
 def run_arm(name: str, pods: list[Pod], make_call, rate: float, seconds: float, swap: bool = False) -> Result:
@@ -329,9 +370,15 @@ def main() -> int:
                         for p in pods:
                             p.start_agent(ensemble.hosts, "measured")
                         measured_started = True
+                        sampler = WeightSampler(zk, "measured", pods)
                         warm = run_arm("warm-up", pods, weiclient_call(ensemble.hosts, "measured", rest, args.rows),
-                                       rate, 30.0)
-                        console.print(f"agents warmed up (30 s): weights {published_weights(zk, 'measured', pods)}; "
+                                       rate, 60.0)
+                        warm.weights = sampler.close()
+                        results.append(warm)
+                        took = settled_at(warm.weights, speeds)
+                        console.print(f"agents from equal priors: weights {published_weights(zk, 'measured', pods)} "
+                                      f"within 15 % of the true ratio after "
+                                      f"{seconds_or(took, 'never (60 s)')}; "
                                       f"warm-up p99 {warm.pct(99):.1f} ms")
                     service, policy = "measured", rest
                 elif kind == "rr":
@@ -340,10 +387,18 @@ def main() -> int:
                     service, policy = "true", "round_robin"
                 else:
                     service, policy = rest, kind
+                sampler = WeightSampler(zk, "measured", pods) if kind == "measured" else None
                 result = run_arm(arm, pods, weiclient_call(ensemble.hosts, service, policy, args.rows), rate,
                                  args.seconds, swap=swap)
-                if kind == "measured" or swap:
-                    result.weights = [(0.0, published_weights(zk, "measured", pods))]
+                if sampler is not None:
+                    result.weights = sampler.close()
+                if swap:
+                    swapped = list(speeds)
+                    lo, hi = speeds.index(min(speeds)), speeds.index(max(speeds))
+                    swapped[lo], swapped[hi] = speeds[hi], speeds[lo]
+                    took = settled_at(result.weights, swapped, after=args.seconds / 2)
+                    console.print(f"  after the swap the weights were within 15 % of the new ratio after "
+                                  f"{seconds_or(took, 'more than the arm lasted')}")
                 results.append(result)
                 console.print(f"  {arm}: p99 {result.pct(99):.1f} ms, errors {result.errors}", style="dim")
             for pub in statics:
@@ -406,6 +461,19 @@ def plot(results: list[Result], out: Path) -> None:
     ax.set_title("heterogeneous fleet: latency CDF per routing arm")
     fig.tight_layout()
     fig.savefig(out / "hetero_cdf.png", dpi=110)
+    weighed = [r for r in results if len(r.weights) > 1]
+    if weighed:
+        fig, axes = plt.subplots(len(weighed), 1, figsize=(9, 3 * len(weighed)), squeeze=False)
+        for ax, r in zip(axes[:, 0], weighed, strict=True):
+            ts = [t for t, _ in r.weights]
+            for i in range(len(r.weights[0][1])):
+                ax.plot(ts, [ws[i] for _, ws in r.weights], label=f"pod{i}")
+            ax.set_title(f"{r.arm}: published weights (true speeds ratio as configured)")
+            ax.set_xlabel("seconds")
+            ax.set_ylabel("weight (samples/s)")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "hetero_weights.png", dpi=110)
     swaps = [r for r in results if r.arm.startswith("swap/")]
     if swaps:
         fig, ax = plt.subplots(figsize=(9, 4))
