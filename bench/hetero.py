@@ -95,9 +95,11 @@ class Pod:
             [sys.executable, "-m", "server_agent.cli", "run", "--zk", zk, "--service", service,
              "--target", f"127.0.0.1:{self.port}", "--status-url", f"http://127.0.0.1:{self.status_port}",
              "--http-port", "0", "--http-host", "127.0.0.1", "--instance-id", self.name, "--cpu-cores", "2",
-             "--ramp-s", "2", "--startup-period-s", "0.5", "--readiness-period-s", "0.5", "--status-poll-s", "1",
+             "--ramp-s", "2", "--latency-target-ms", "1000", "--startup-period-s", "0.5",
+             "--readiness-period-s", "0.5", "--status-poll-s", "1",
              "--drain-wait-s", "0.5", "--log-level", "warning"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=(self.models / "agent.log").open("w"),
+            preexec_fn=die_with_parent)
 
     def stop(self) -> None:
         for proc in (self.agent, self.server):
@@ -314,7 +316,7 @@ def published_weights(zk, service: str, pods: list[Pod]) -> list[float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--speeds", default="1,2,4")
-    ap.add_argument("--rows", type=int, default=100, help="rows per call")
+    ap.add_argument("--rows", type=int, default=400, help="rows per call")
     ap.add_argument("--load", type=float, default=0.8, help="offered load, a fraction of the fleet's capacity")
     ap.add_argument("--seconds", type=float, default=20.0, help="per arm")
     ap.add_argument("--arms", help="comma-separated arm names (default: all)")
@@ -412,7 +414,10 @@ def main() -> int:
     report(results, speeds, load_before, load_after)
     if args.plots:
         plot(results, args.plots)
-    shutil.rmtree(workdir, ignore_errors=True)
+    if os.environ.get("HETERO_KEEP"):
+        console.print(f"kept {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
