@@ -24,6 +24,7 @@ halfway: the p99 of each second after the swap shows how fast routing adapts.
     .venv/bin/python bench/hetero.py                       # 80 % load, every arm, ~6 minutes
     .venv/bin/python bench/hetero.py --load 0.5 --arms rr/equal,oracle,weighted_p2c/equal
     .venv/bin/python bench/hetero.py --swap --plots bench/out
+    .venv/bin/python bench/hetero.py --mix 0.5             # 20- and 2,000-row calls: count calls or rows?
 
 Prints p50 / p99 / p99.9, errors, the traffic share of each pod, and the
 p99's ratio to the oracle's and to plain round robin's; with ``--plots``,
@@ -121,36 +122,41 @@ class Result:
     shares: list[float]
     p99_by_second: list[float] = field(default_factory=list)
     weights: list[tuple[float, list[float]]] = field(default_factory=list)
+    small: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies.size else float("nan")
 
 
-async def open_loop(call, rate: float, seconds: float, on_second=None) -> tuple[list[tuple[float, float]], int]:
-    """Poisson arrivals for ``seconds``; (scheduled time, latency) per successful call, and the errors."""
+MIX = {"small_fraction": 0.0, "small_rows": 20, "big_rows": 2000}  # --mix: each call small or big
+
+
+async def open_loop(call, rate: float, seconds: float) -> tuple[list[tuple[float, float, bool]], int]:
+    """Poisson arrivals for ``seconds``; (scheduled time, latency, small?) per successful call, and the errors."""
     rng = np.random.default_rng(7)
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.05
     gaps = rng.exponential(1.0 / rate, int(rate * seconds * 1.5) + 10)
     arrivals = start + np.cumsum(gaps)
     arrivals = arrivals[arrivals < start + seconds]
-    done: list[tuple[float, float]] = []
+    done: list[tuple[float, float, bool]] = []
     errors = 0
 
-    async def one(at: float) -> None:
+    async def one(at: float, small: bool) -> None:
         nonlocal errors
         try:
-            await call()
-            done.append((at - start, loop.time() - at))
+            await call(small)
+            done.append((at - start, loop.time() - at, small))
         except Exception:
             errors += 1
 
     tasks = []
-    for at in arrivals:
+    smalls = rng.random(len(arrivals)) < MIX["small_fraction"]
+    for at, small in zip(arrivals, smalls, strict=True):
         delay = at - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(at)))
+        tasks.append(asyncio.ensure_future(one(at, bool(small))))
     await asyncio.gather(*tasks)
     return done, errors
 
@@ -197,7 +203,7 @@ def seconds_or(value: float | None, otherwise: str) -> str:
 def run_arm(name: str, pods: list[Pod], make_call, rate: float, seconds: float, swap: bool = False) -> Result:
     before = [p.requests() for p in pods]
 
-    async def main() -> tuple[list[tuple[float, float]], int]:
+    async def main() -> tuple[list[tuple[float, float, bool]], int]:
         call, close = await make_call()
         try:
             if swap:
@@ -220,22 +226,30 @@ def run_arm(name: str, pods: list[Pod], make_call, rate: float, seconds: float, 
             set_speed(p.models, "m", 1, p.speed)
     counts = [p.requests() - b for p, b in zip(pods, before, strict=True)]
     total = max(1, sum(counts))
-    lat = np.array([d for _, d in done])
+    lat = np.array([d for _, d, _ in done])
     by_second = []
     for s in range(int(seconds)):
-        window = [d for t, d in done if s <= t < s + 1]
+        window = [d for t, d, _ in done if s <= t < s + 1]
         by_second.append(float(np.percentile(window, 99)) * 1000 if window else float("nan"))
-    return Result(name, lat, errors, [c / total for c in counts], by_second)
+    small = np.array([d for _, d, is_small in done if is_small])
+    return Result(name, lat, errors, [c / total for c in counts], by_second, small=small)
 
 
 def weiclient_call(zk: str, service: str, policy: str, rows: int):
+    """``policy`` may end in ``+rows``: the same policy counting load in rows (``load.count_rows``)."""
+    policy, _, rows_knob = policy.partition("+")
+    knobs = {"load.count_rows": True} if rows_knob == "rows" else {}
     x = np.ones((rows, FEATURES), np.float32)
+    small_x = np.ones((MIX["small_rows"], FEATURES), np.float32)
+    big_x = np.ones((MIX["big_rows"], FEATURES), np.float32)
 
     async def make():
-        client = WeiClient(zk, service, config=ClientConfig(balancer=policy, timeout_s=2.0, metrics=False))
+        client = WeiClient(zk, service, config=ClientConfig(balancer=policy, balancer_knobs=knobs, timeout_s=2.0,
+                                                            metrics=False))
 
-        async def call():
-            await client.apredict("m", {"x": x})
+        async def call(small: bool):
+            inputs = x if not MIX["small_fraction"] else (small_x if small else big_x)
+            await client.apredict("m", {"x": inputs})
 
         async def close():
             await client.aclose()
@@ -252,7 +266,7 @@ def haproxy_call(port: int, rows: int):
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         stub = channel.unary_unary(wire.PREDICT_METHOD)
 
-        async def call():
+        async def call(small: bool):
             wire.decode_response(await stub(body, timeout=2.0))
 
         async def close():
@@ -322,8 +336,13 @@ def main() -> int:
     ap.add_argument("--arms", help="comma-separated arm names (default: all)")
     ap.add_argument("--swap", action="store_true", help="add a speed-swap arm for the default policy")
     ap.add_argument("--plots", type=Path, help="write PNGs here")
+    ap.add_argument("--mix", type=float, help="a fraction of 20-row calls among 2,000-row ones: counting calls vs "
+                                              "counting rows, on the true weights")
     args = ap.parse_args()
     speeds = [float(s) for s in args.speeds.split(",")]
+    if args.mix is not None:
+        MIX["small_fraction"] = args.mix
+        args.rows = round(args.mix * MIX["small_rows"] + (1 - args.mix) * MIX["big_rows"])  # the mean, for the rate
     capacity_calls = sum(speeds) / UNIT_S / args.rows
     rate = args.load * capacity_calls
     policies = sorted(POLICIES)
@@ -331,6 +350,8 @@ def main() -> int:
                                      for w in ("equal", "true")), "measured/weighted_p2c", "haproxy"]
     if args.swap:
         arms.append("swap/measured/weighted_p2c")
+    if args.mix is not None:
+        arms = ["oracle", "weighted_p2c/true", "weighted_p2c+rows/true", "least_outstanding/true", "p2c_jsed/true"]
     if args.arms:
         arms = [a for a in args.arms.split(",") if a]
     workdir = Path(tempfile.mkdtemp(prefix="wei-hetero-"))
@@ -427,11 +448,16 @@ def report(results: list[Result], speeds: list[float], before, after) -> None:
     true_share = [s / sum(speeds) for s in speeds]
     shown = " ".join(f"{100 * s:.0f}%" for s in true_share)
     table = Table(title=f"open-loop latency from scheduled arrival (true shares {shown}; shares count retries)")
-    for col in ("arm", "p50 ms", "p99 ms", "p99.9 ms", "errors", "shares", "p99 / oracle", "p99 / rr"):
+    mixed = any(r.small.size for r in results)
+    cols = ("arm", "p50 ms", "p99 ms", "p99.9 ms", *(("small p99 ms",) if mixed else ()), "errors", "shares",
+            "p99 / oracle", "p99 / rr")
+    for col in cols:
         table.add_column(col, justify="left" if col in ("arm", "shares") else "right")
     for r in results:
         shares = " ".join(f"{100 * s:.0f}%" for s in r.shares)
-        table.add_row(r.arm, f"{r.pct(50):.1f}", f"{r.pct(99):.1f}", f"{r.pct(99.9):.1f}", str(r.errors), shares,
+        small = (f"{float(np.percentile(r.small, 99)) * 1000:.1f}" if r.small.size else "-",) if mixed else ()
+        table.add_row(r.arm, f"{r.pct(50):.1f}", f"{r.pct(99):.1f}", f"{r.pct(99.9):.1f}", *small, str(r.errors),
+                      shares,
                       f"{r.pct(99) / oracle.pct(99):.2f}" if oracle else "-",
                       f"{r.pct(99) / rr.pct(99):.3f}" if rr else "-")
     console.print(table)
