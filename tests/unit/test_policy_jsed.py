@@ -98,3 +98,20 @@ def test_knobs_are_validated():
         build_policy("p2c_jsed", {"sample_by_capacity": 1})
     with pytest.raises(InvalidBalancerConfig, match="capacity_ttl_s"):
         JsedConfig(capacity_ttl_s=float("nan"))
+
+
+def test_the_agents_slow_start_and_health_scale_a_reported_capacity():
+    """A WARMING pod published at 5 % of its measured capacity is not taken at its full capacity."""
+    from registry.records import Capacity, InstanceRecord, State
+
+    def pod(i: int, weight: float, measured: float | None, state: State = State.SERVING) -> InstanceRecord:
+        return InstanceRecord(service="ctr", id=f"p{i}", address="10.0.0.1", port=9000 + i, weight=weight,
+                              state=state, models={"ctr": [1]}, capacity=Capacity(samples_per_s=measured))
+
+    b = Balancer(build_policy("p2c_jsed"), rng=random.Random(1))
+    b.update(snapshot_from_records("ctr", [pod(0, 2000.0, 2000.0), pod(1, 100.0, 2000.0, State.WARMING),
+                                           pod(2, 2000.0, None)], version=1), now=0.0)
+    for ep in b.candidates.endpoints:
+        b.on_finish(ep, 1.0, 0.01, True, ServerLoad(capacity_rows_per_s=2000.0))
+    caps = b.selector.capacities(b._table("ctr", None, (), 1.0)[1], 1.0)
+    assert caps.weights == pytest.approx((2000.0, 100.0, 2000.0))  # 2,000 x 100 / 2,000; no record figure: 1

@@ -23,7 +23,9 @@ Both compare the *work* ahead of a call on each endpoint, in rows (see
   scaled to the known capacities (``weight x sum(known capacities) /
   sum(their weights)``), else the effective weight itself. A known capacity
   is multiplied by the client's own ramp and health factor (effective /
-  published weight), so slow start and failures still act. Capacities are
+  published weight), and by the agent's (published weight / published
+  capacity, when the record carries both), so slow start and failures
+  still act. Capacities are
   recomputed once a second per weight table (an O(n) pass), not per pick.
 
 Candidates are drawn in proportion to weight (``least_outstanding``: the
@@ -159,10 +161,17 @@ class ExpectedDelay:
         return memo
 
     def _known(self, ep: Endpoint, now: float) -> float:
+        """The report's capacity, times the agent's own ramp and health when the record says them.
+
+        An agent publishes ``weight = capacity.samples_per_s x health x ramp``: a WARMING pod
+        at 5 % of its weight must not take its full capacity's share because its server's
+        report says what it could do at full speed."""
         rep = ep.state.report
         if rep is None or now - ep.state.report_at > self.config.capacity_ttl_s:
             return 0.0
-        return rep.capacity_rows_per_s
+        published = ep.record.capacity.samples_per_s
+        factor = min(1.0, ep.weight / published) if published else 1.0
+        return rep.capacity_rows_per_s * factor
 
     def delay(self, ep: Endpoint, capacity: float, now: float, rows: float) -> float:
         st = ep.state
