@@ -479,6 +479,7 @@ def plot(results: list[Result], out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(9, 5.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors[:len(results)] or None)
     for r in results:
         if r.latencies.size:
             xs = np.sort(r.latencies) * 1000
