@@ -35,7 +35,6 @@ endpoint's ``orca_weight``, ``orca_since`` and ``orca_at``.
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from collections.abc import Collection
@@ -43,6 +42,7 @@ from dataclasses import dataclass
 
 from . import _check
 from .candidates import Endpoint, View, WeightTable
+from .selectors import next_in_cycle
 from .state import NEVER, EndpointState, ServerLoad
 from .wrr import WrrCycle, nginx_cycle
 
@@ -127,18 +127,7 @@ class OrcaWeightedRoundRobin:
 
     def select(self, view: View, table: WeightTable, *, key: object, exclude: Collection[Endpoint],
                now: float, rng: random.Random, cost: float = 1.0) -> Endpoint | None:
-        order = self.cycle(table, now).order
-        position: itertools.count[int] | None = view.cache.get(self)
-        if position is None:
-            position = view.cache.setdefault(self, itertools.count())
-        pos = next(position) % len(order)
-        ep = table.endpoints[order[pos]]
-        if not exclude or ep not in exclude:
-            return ep
-        for i in itertools.chain(order[pos + 1:], order[:pos]):
-            if table.endpoints[i] not in exclude:
-                return table.endpoints[i]
-        return None
+        return next_in_cycle(self, view, table, self.cycle(table, now).order, exclude)
 
     def __repr__(self) -> str:
         return f"OrcaWeightedRoundRobin({self.config!r})"

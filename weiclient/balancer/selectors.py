@@ -29,7 +29,7 @@ from .metric import PeakEwma
 from .sampling import sample_distinct, sample_pair
 from .wrr import WrrCycle, nginx_cycle
 
-__all__ = ["P2CConfig", "PowerOfChoices", "Selector", "SmoothWeightedRoundRobin", "WeightedRandom",
+__all__ = ["P2CConfig", "PowerOfChoices", "Selector", "SmoothWeightedRoundRobin", "WeightedRandom", "next_in_cycle",
            "WrrConfig"]
 
 
@@ -142,18 +142,25 @@ class SmoothWeightedRoundRobin:
 
     def select(self, view: View, table: WeightTable, *, key: object, exclude: Collection[Endpoint],
                now: float, rng: random.Random, cost: float = 1.0) -> Endpoint | None:
-        order = self.cycle(table).order
-        position: itertools.count[int] | None = view.cache.get(self)
-        if position is None:
-            position = view.cache.setdefault(self, itertools.count())
-        pos = next(position) % len(order)
-        ep = table.endpoints[order[pos]]
-        if not exclude or ep not in exclude:
-            return ep
-        for i in itertools.chain(order[pos + 1:], order[:pos]):
-            if table.endpoints[i] not in exclude:
-                return table.endpoints[i]
-        return None
+        return next_in_cycle(self, view, table, self.cycle(table).order, exclude)
 
     def __repr__(self) -> str:
         return f"SmoothWeightedRoundRobin({self.config!r})"
+
+
+def next_in_cycle(owner: object, view: View, table: WeightTable, order: tuple[int, ...],
+                  exclude: Collection[Endpoint]) -> Endpoint | None:
+    """The next endpoint of a round-robin ``order`` (indices into ``table.endpoints``), skipping
+    excluded ones. The position lives in the view's memo under ``owner``, so it survives table
+    rebuilds: a table rebuilt with new weights starts its cycle wherever the position is."""
+    position: itertools.count[int] | None = view.cache.get(owner)
+    if position is None:
+        position = view.cache.setdefault(owner, itertools.count())
+    pos = next(position) % len(order)
+    ep = table.endpoints[order[pos]]
+    if not exclude or ep not in exclude:
+        return ep
+    for i in itertools.chain(order[pos + 1:], order[:pos]):
+        if table.endpoints[i] not in exclude:
+            return table.endpoints[i]
+    return None
