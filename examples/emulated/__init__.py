@@ -28,39 +28,25 @@ UNIT_S = 0.0002   # seconds per row at speed 1: 5,000 rows/s, a 1,000-row call i
 FEATURES = 13
 
 MODEL = '''
-import time
 from pathlib import Path
 
 import numpy as np
 
+from examples.emulated.device import Device
 from serving.backends.signature import Signature, spec
-
-UNIT_S = {unit_s!r}
-FIXED_S = {fixed_s!r}
-SPEED_FILE = Path(__file__).with_name("speed")
 
 
 class Emulated:
-    """score = sum(x); a batch of n rows sleeps FIXED_S + n x UNIT_S / speed."""
+    """score = sum(x); a batch of n rows waits {fixed_s!r} + n x {unit_s!r} / speed seconds."""
 
     signature = Signature(inputs={{"x": spec("<f4", [None, {features}])}}, outputs={{"score": spec("<f4", [None])}})
 
     def __init__(self):
-        self._speed = 1.0
-        self._mtime = None
-
-    def speed(self):
-        try:
-            mtime = SPEED_FILE.stat().st_mtime_ns
-            if mtime != self._mtime:
-                self._speed, self._mtime = max(1e-3, float(SPEED_FILE.read_text())), mtime
-        except (OSError, ValueError):
-            pass
-        return self._speed
+        self.device = Device(Path(__file__).with_name("speed"), unit_s={unit_s!r}, fixed_s={fixed_s!r})
 
     def predict(self, inputs):
         x = inputs["x"]
-        time.sleep(FIXED_S + len(x) * UNIT_S / self.speed())
+        self.device.run(len(x))
         return {{"score": x.sum(axis=1, dtype=np.float32)}}
 
 
@@ -81,37 +67,23 @@ def write_model(models_dir: Path, name: str, version: int, *, speed: float, unit
 
 
 ACCELERATED = '''
-import time
 from pathlib import Path
 
+from examples.emulated.device import Device
 from serving.backends import load_backend
-
-UNIT_S = {unit_s!r}
-TARGET = Path({target!r})
-SPEED_FILE = Path(__file__).with_name("speed")
 
 
 class Accelerated:
-    """The real model's outputs; each batch also waits rows x UNIT_S / speed (the emulated device)."""
+    """The real model's outputs; each batch also waits rows x {unit_s!r} / speed (the emulated device)."""
 
     def __init__(self):
-        self._real = load_backend(TARGET)
+        self._real = load_backend(Path({target!r}))
         self.signature = self._real.signature
-        self._speed, self._mtime = 1.0, None
-
-    def speed(self):
-        try:
-            mtime = SPEED_FILE.stat().st_mtime_ns
-            if mtime != self._mtime:
-                self._speed, self._mtime = max(1e-3, float(SPEED_FILE.read_text())), mtime
-        except (OSError, ValueError):
-            pass
-        return self._speed
+        self.device = Device(Path(__file__).with_name("speed"), unit_s={unit_s!r})
 
     def predict(self, inputs):
-        rows = len(next(iter(inputs.values())))
         out = self._real.predict(inputs)
-        time.sleep(rows * UNIT_S / self.speed())
+        self.device.run(len(next(iter(inputs.values()))))
         return out
 
     def close(self):
