@@ -8,7 +8,9 @@ time by :class:`_LiveCollector`, so the request path pays nothing for it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -67,6 +69,16 @@ class ServerMetrics:
                                  "seen by the server", ["model"], buckets=LATENCY_BUCKETS,
                                  registry=self.registry)
         self.registry.register(_LiveCollector(snapshot, in_flight))
+        self._children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
+
+    def observe(self, model: str, code: grpc.StatusCode, seconds: float) -> None:
+        """One Predict call; the labelled children are looked up once (labels() locks)."""
+        pair = self._children.get((model, code))
+        if pair is None:
+            pair = self._children[model, code] = (self.requests.labels(model, code.name),
+                                                  self.latency.labels(model))
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

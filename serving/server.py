@@ -27,8 +27,9 @@ from protocol.status import StatusDoc
 from serving.config import ServerConfig
 from serving.errors import DeadlineExpired, Draining, InvalidInput, ModelNotFound, ServingError
 from serving.http import StatusHttp
+from serving.loadcache import ReportCache
 from serving.metrics import ServerMetrics
-from serving.reports import CpuMeter, build_report, build_status
+from serving.reports import build_status
 from serving.repository import LoadedModels, LoadedVersion, ModelManager
 
 log = logging.getLogger("serving.server")
@@ -74,7 +75,7 @@ class InferenceService:
         self._limits = wire.Limits(max_message_bytes=config.max_message_bytes)
         self._metrics = metrics
         self._in_flight = in_flight
-        self._cpu = CpuMeter()
+        self._reports = ReportCache(lambda: manager.snapshot)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(wire.SERVICE, {
@@ -83,8 +84,7 @@ class InferenceService:
         })
 
     def _report(self, context: grpc.ServicerContext, used: list[LoadedVersion]) -> None:
-        context.set_trailing_metadata(build_report(
-            self._manager.snapshot, used, self._in_flight.count, self._cpu.read()))
+        context.set_trailing_metadata(self._reports.metadata(used, self._in_flight.count))
 
     def predict(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         start = time.monotonic()
@@ -113,8 +113,7 @@ class InferenceService:
             # labelled by loaded models only: a caller must not be able to mint label values
             elapsed = time.monotonic() - start
             for model in {lv.model for lv in used} or {""}:
-                self._metrics.requests.labels(model, code.name).inc()
-                self._metrics.latency.labels(model).observe(elapsed)
+                self._metrics.observe(model, code, elapsed)
 
     def _decode(self, request: bytes) -> wire.PredictRequest:
         try:
