@@ -2,7 +2,8 @@
 
     wei-serve --models DIR [--port 8500] [--status-port 8502] [--config FILE]
               [--max-batch-size N] [--batch-timeout-micros N] [--max-enqueued-batches N]
-              [--num-batch-threads N] [--allowed-batch-sizes 8,16,32] [--no-batching]
+              [--num-batch-threads N] [--allowed-batch-sizes 8,16,32] [--split-requests]
+              [--no-batching]
               [--slo-p99-ms MS] [--version-policy latest:1|all|specific:1,2]
 
 Flags given on the command line override the config file (see
@@ -54,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-enqueued-batches", type=int)
     p.add_argument("--num-batch-threads", type=int)
     p.add_argument("--allowed-batch-sizes", type=_sizes, help="e.g. 8,16,32 (pads up to them)")
+    p.add_argument("--split-requests", action="store_true", help="cut requests to fill batches "
+                   "and into max-batch-size parts (TF Serving's large batch splitting)")
     p.add_argument("--no-batching", action="store_true", help="run each request alone")
     p.add_argument("--slo-p99-ms", type=float, help="SLO mode: size batches online for this p99")
     p.add_argument("--version-policy", help="latest[:N] | all | specific:V1,V2 (all models)")
@@ -77,6 +80,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
     batching = {f: getattr(args, f) for f in BATCH_FLAGS if getattr(args, f) is not None}
     if args.allowed_batch_sizes is not None:
         batching["allowed_batch_sizes"] = args.allowed_batch_sizes
+    if args.split_requests:
+        batching["split_requests"] = True
     if args.no_batching:
         batching["enabled"] = False
     overrides["batching"] = batching

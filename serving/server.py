@@ -128,13 +128,17 @@ class InferenceService:
         deadline = None if remaining is None or remaining > 1e7 else start + remaining
         for model, version in req.targets().items():
             used.append(self._manager.acquire(model, version))
-        pending = []
-        for lv in used:
-            rows = lv.signature.validate(req.inputs, lv.model)
-            names = lv.signature.check_outputs(req.outputs, lv.model)
-            pending.append((lv, names, lv.runner.submit(req.inputs, rows, deadline)))
-        results = {}
-        for lv, names, fut in pending:
+        checked = [(lv, lv.signature.validate(req.inputs, lv.model),
+                    lv.signature.check_outputs(req.outputs, lv.model)) for lv in used]
+        # every model but the last goes to its batch threads; the last runs on this thread,
+        # which a single-model call (the common case) then never leaves while a slot is free
+        others = [(lv, names, lv.runner.submit(req.inputs, rows, deadline))
+                  for lv, rows, names in checked[:-1]]
+        last, rows, names = checked[-1]
+        outputs = last.runner.run(req.inputs, rows, deadline)
+        results = {last.model: wire.ModelResult(version=last.version,
+                                                outputs={n: outputs[n] for n in names})}
+        for lv, names, fut in others:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 outputs = fut.result(timeout)
@@ -143,6 +147,7 @@ class InferenceService:
                     from None
             results[lv.model] = wire.ModelResult(version=lv.version,
                                                  outputs={n: outputs[n] for n in names})
+        results = {lv.model: results[lv.model] for lv in used}     # in the order asked
         body = wire.encode_response(wire.PredictResponse(results=results), self._limits)
         self._report(context, used)
         return body
@@ -257,8 +262,8 @@ class ModelServer:
             if self.phase in ("draining", "stopped"):
                 return self.in_flight == 0
             self.phase = "draining"
+        self._in_flight.refuse_new()     # first: a caller that sees NOT_SERVING must be refused
         self.health.enter_graceful_shutdown()
-        self._in_flight.refuse_new()
         self.draining.set()
         grace = self.config.grace_s if grace_s is None else grace_s
         clean = self._in_flight.wait_idle(grace)

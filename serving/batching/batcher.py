@@ -1,11 +1,20 @@
-"""The threaded shell around :class:`BatcherCore`, and the unbatched runner.
+"""The threaded shell around :class:`BatcherCore`: a :class:`~serving.batching.runner.Runner`.
 
-A :class:`Runner` takes one request (a dict of arrays with a common
-dimension 0) and returns a ``concurrent.futures.Future`` of its outputs.
-:class:`Batcher` runs ``num_batch_threads`` threads; each, when free, asks the
-core for a batch under one lock, then assembles, runs and scatters it
-outside the lock. :class:`DirectRunner` runs each request on the caller's
-thread (batching disabled), which is the baseline the benchmark compares to.
+:class:`Batcher` runs at most ``num_batch_threads`` batches at once (the
+slots), plus solo batches (a request larger than ``max_batch_size``), which
+need no slot. The core forms each batch under one lock; it is assembled, run
+and scattered outside it. Who runs a batch:
+
+- ``run``, on the caller's thread, whenever the core forms one for it: its
+  own solo request at once, or a batch of its own request and those queued
+  before it when a slot is free. A call that finds the model idle, and any
+  large call, costs no thread hand-off: it runs as it would unbatched;
+- otherwise one of ``num_batch_threads`` batch threads, woken when queued
+  work may be ready and no thread watches it (see :meth:`Batcher._kick`).
+
+A caller whose request another thread runs waits on a lock of its own, which
+the batch's runner releases: one wake-up per request, none for the callers
+that ran their own.
 """
 
 from __future__ import annotations
@@ -14,88 +23,47 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
 from serving.backends import Backend
-from serving.batching.core import Batch, BatcherCore
+from serving.batching.core import Batch, BatcherCore, Ticket
+from serving.batching.runner import Arrays, DirectRunner, Runner, run_backend
 from serving.batching.stats import RollingStats
 from serving.config import BatchingConfig
 from serving.errors import BackendError, DeadlineExpired, Draining, ServingError
 
-Arrays = dict[str, np.ndarray]
 BatchHook = Callable[[Batch], None]
 
 
-class Runner(Protocol):
-    stats: RollingStats
-
-    def submit(self, inputs: Arrays, rows: int, deadline: float | None = None
-               ) -> Future[Arrays]: ...
-
-    def queue_depth(self) -> int: ...
-
-    def batch_limit(self) -> int: ...
-
-    def close(self, timeout: float | None = None) -> None: ...
-
-
-def _run_backend(backend: Backend, inputs: Arrays, rows: int) -> Arrays:
-    try:
-        outputs = backend.predict(inputs)
-    except ServingError:
-        raise
-    except Exception as exc:
-        raise BackendError(f"model raised {type(exc).__name__}: {exc}") from exc
-    for name, arr in outputs.items():
-        if arr.ndim == 0 or arr.shape[0] != rows:
-            raise BackendError(f"model returned output {name!r} with shape {list(arr.shape)} "
-                               f"for a batch of {rows} rows; dimension 0 must be the batch")
-    return outputs
-
-
-class DirectRunner:
-    """No batching: each request runs alone, on the calling thread."""
-
-    def __init__(self, backend: Backend, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._backend = backend
-        self._clock = clock
-        self.stats = RollingStats(clock=clock)
-
-    def submit(self, inputs: Arrays, rows: int, deadline: float | None = None
-               ) -> Future[Arrays]:
-        fut: Future[Arrays] = Future()
-        start = self._clock()
-        if deadline is not None and start >= deadline:
-            fut.set_exception(DeadlineExpired("deadline passed before the model ran"))
-            return fut
-        try:
-            fut.set_result(_run_backend(self._backend, inputs, rows))
-        except ServingError as exc:
-            fut.set_exception(exc)
-        took = self._clock() - start
-        self.stats.record_batch(rows, 1.0, 0.0, took)
-        self.stats.record_request(took)
-        return fut
-
-    def queue_depth(self) -> int:
-        return 0
-
-    def batch_limit(self) -> int:
-        return 0
-
-    def close(self, timeout: float | None = None) -> None:
-        pass
-
-
-@dataclass(eq=False, kw_only=True)
 class _Pending:
-    inputs: Arrays
-    future: Future[Arrays] = field(default_factory=Future)
-    outputs: Arrays | None = None      # reassembly buffers for requests split over batches
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    """One request's inputs and answer; ``future`` for :meth:`Batcher.submit`, else a lock."""
+
+    __slots__ = ("inputs", "outputs", "error", "future", "_answered")
+
+    def __init__(self, inputs: Arrays, future: Future[Arrays] | None = None) -> None:
+        self.inputs = inputs
+        self.outputs: Arrays | None = None    # reassembly buffers for requests split over batches
+        self.error: ServingError | None = None
+        self.future = future
+        self._answered = threading.Lock()
+        self._answered.acquire()              # released once outputs or error are set
+
+    def resolve(self) -> None:
+        if self.future is not None:
+            self.future.set_result(self.outputs)  # type: ignore[arg-type]
+        else:
+            self._answered.release()
+
+    def reject(self, error: ServingError) -> None:
+        self.error = error
+        if self.future is not None:
+            self.future.set_exception(error)
+        else:
+            self._answered.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._answered.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
 
 
 class Batcher:
@@ -107,9 +75,14 @@ class Batcher:
         self._backend = backend
         self._clock = clock
         self._on_batch = on_batch
+        self._name = name
         self._core = BatcherCore(config=config)
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._closed = False
+        self._slots = config.num_batch_threads
+        self._running = 0                     # batches holding a slot, on any thread
+        self._active = 0                      # every batch in progress, solo ones too
+        self._timer_at: float | None = None   # when a sleeping batch thread looks at the queue
         self.stats = RollingStats(threads=config.num_batch_threads, clock=clock)
         self._threads = [threading.Thread(target=self._loop, name=f"batch-{name}-{i}",
                                           daemon=True)
@@ -118,7 +91,8 @@ class Batcher:
             t.start()
 
     def __repr__(self) -> str:
-        return f"Batcher({self._core!r}, closed={self._closed})"
+        return (f"Batcher({self._core!r}, running={self._running}, active={self._active}, "
+                f"closed={self._closed})")
 
     def queue_depth(self) -> int:
         return self._core.queued_rows
@@ -128,14 +102,54 @@ class Batcher:
 
     def submit(self, inputs: Arrays, rows: int, deadline: float | None = None
                ) -> Future[Arrays]:
-        pending = _Pending(inputs=inputs)
+        """Queue the request for the batch threads; its future resolves when it is answered."""
+        pending = _Pending(inputs, Future())
         with self._cond:
-            if self._closed:
-                raise Draining("model version is unloading; retry")
-            self._core.submit(rows, self._clock(), deadline, payload=pending)
-            # wake one thread per batch this request can fill (a large request is split)
-            self._cond.notify(-(-rows // self._core.batch_limit))
-        return pending.future
+            self._enqueue(pending, rows, deadline)
+            self._kick(deadline, solo=rows > self._core.config.max_batch_size)
+        return pending.future  # type: ignore[return-value]
+
+    def run(self, inputs: Arrays, rows: int, deadline: float | None = None) -> Arrays:
+        """Answer the request, running batches on this thread while it can.
+
+        The caller runs the batch that holds its request (or a batch ahead of
+        it) whenever the core forms one for it now: a solo request always, a
+        smaller one when a slot is free. Otherwise it leaves the queue to the
+        batch threads and waits.
+        """
+        pending = _Pending(inputs)
+        with self._cond:
+            ticket = self._enqueue(pending, rows, deadline)
+        while True:
+            with self._cond:
+                if ticket.taken == ticket.rows or ticket.expired:
+                    break                     # all of it is running or done, or it expired
+                now = self._clock()
+                poll = self._core.poll(now, slot_free=self._running < self._slots)
+                if poll.batch is not None:
+                    self._take(poll.batch)
+                else:
+                    self._kick(deadline)      # not ready yet, or no slot: leave it queued
+            self._expire(poll.expired, now)
+            if poll.batch is None:
+                break
+            self._execute(poll.batch, caller=True)
+        if not pending.wait(None if deadline is None else deadline - self._clock()):
+            raise DeadlineExpired(f"deadline exceeded waiting for model {self._name}")
+        if pending.error is not None:
+            raise pending.error
+        return pending.outputs  # type: ignore[return-value]
+
+    def _enqueue(self, pending: _Pending, rows: int, deadline: float | None) -> Ticket:
+        if self._closed:
+            raise Draining("model version is unloading; retry")
+        return self._core.submit(rows, self._clock(), deadline, payload=pending)
+
+    def _take(self, batch: Batch) -> None:
+        """Under the lock: this thread runs ``batch``."""
+        self._active += 1
+        if not batch.solo:
+            self._running += 1
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the threads after the batches in progress; queued requests fail.
@@ -148,10 +162,31 @@ class Batcher:
             dropped = self._core.drain_all()
             self._cond.notify_all()
         for t in dropped:
-            t.payload.future.set_exception(Draining("model version unloaded; retry"))
+            t.payload.reject(Draining("model version unloaded; retry"))
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout)
+        with self._cond:                      # batches that callers are running
+            self._cond.wait_for(lambda: self._active == 0, timeout)
+
+    def _kick(self, deadline: float | None = None, *, solo: bool = False) -> None:
+        """Under the lock: wake a batch thread for queued work unless one already watches it.
+
+        A thread sleeping until ``_timer_at`` (the batch timeout of the oldest
+        request, or a deadline) needs waking only if the queue is now full or a
+        new deadline comes sooner; waking it for every arrival would cost a
+        context switch per request and change nothing. A solo request needs
+        no slot, so it wakes a thread even when every slot is busy.
+        """
+        if solo:
+            self._cond.notify()
+            return
+        if not self._core.queued_requests or self._running >= self._slots:
+            return    # nothing queued, or every slot busy: a finishing batch looks again
+        timer = self._timer_at
+        if timer is None or self._core.queued_rows >= self._core.batch_limit or \
+                (deadline is not None and deadline < timer):
+            self._cond.notify()
 
     def _next(self) -> Batch | None:
         """Block until there is a batch to run (None once closed); fail expired requests."""
@@ -161,40 +196,80 @@ class Batcher:
                     if self._closed:
                         return None
                     now = self._clock()
-                    poll = self._core.poll(now)
+                    free = self._running < self._slots
+                    poll = self._core.poll(now, slot_free=free)
                     if poll.batch is not None or poll.expired:
                         break
-                    self._cond.wait(None if poll.wake_at is None
-                                    else max(0.0, poll.wake_at - now))
-            for t in poll.expired:
-                t.payload.future.set_exception(DeadlineExpired(
-                    f"deadline passed after {now - t.arrival:.3f}s in the batch queue; "
-                    f"the request never reached the model"))
+                    if free:
+                        self._sleep(poll.wake_at, now)
+                    else:
+                        self._cond.wait()     # a caller finishing its batch notifies
+                if poll.batch is not None:
+                    self._take(poll.batch)
+                    self._kick()              # more than this batch may be ready
+            self._expire(poll.expired, now)
             if poll.batch is not None:
                 return poll.batch
 
+    def _sleep(self, wake_at: float | None, now: float) -> None:
+        """Under the lock: wait for work; one thread at a time holds the timer for the queue."""
+        if wake_at is None or (self._timer_at is not None and self._timer_at <= wake_at):
+            self._cond.wait()
+            return
+        self._timer_at = wake_at
+        self._cond.wait(max(0.0, wake_at - now))
+        if self._timer_at == wake_at:
+            self._timer_at = None
+
+    @staticmethod
+    def _expire(expired: tuple[Ticket, ...], now: float) -> None:
+        for t in expired:
+            t.payload.reject(DeadlineExpired(
+                f"deadline passed after {now - t.arrival:.3f}s in the batch queue; "
+                f"the request never reached the model"))
+
     def _loop(self) -> None:
         while (batch := self._next()) is not None:
-            if self._on_batch is not None:
-                self._on_batch(batch)
-            started = self._clock()
+            self._execute(batch, caller=False)
+
+    def _execute(self, batch: Batch, *, caller: bool) -> None:
+        """Run one batch and answer its requests; frees what :meth:`_take` held."""
+        if self._on_batch is not None:
+            self._on_batch(batch)
+        started = self._clock()
+        try:
             try:
-                outputs = _run_backend(self._backend, self._assemble(batch), batch.padded_rows)
-            except ServingError as exc:
-                with self._cond:
-                    failed = self._core.fail(batch)
-                for t in failed:
-                    t.payload.future.set_exception(exc)
-                continue
-            self._scatter(batch, outputs)
-            now = self._clock()
+                outputs = run_backend(self._backend, self._assemble(batch), batch.padded_rows)
+                self._scatter(batch, outputs)
+            except ServingError:
+                raise
+            except Exception as exc:          # e.g. inner dims that do not concatenate
+                raise BackendError(f"batch failed: {type(exc).__name__}: {exc}") from exc
+        except ServingError as exc:
             with self._cond:
-                done = self._core.complete(batch, now)
-            self.stats.record_batch(batch.rows, batch.fill, batch.queue_delay, now - started)
-            for t in done:
-                self.stats.record_request(now - t.arrival)
-                p = t.payload
-                p.future.set_result(p.outputs)
+                failed = self._core.fail(batch)
+                self._release(batch, caller)
+            for t in failed:
+                t.payload.reject(exc)
+            return
+        now = self._clock()
+        with self._cond:
+            done = self._core.complete(batch, now)
+            self._release(batch, caller)
+        self.stats.record_batch(batch.rows, batch.fill, batch.queue_delay, now - started)
+        for t in done:
+            self.stats.record_request(now - t.arrival)
+            t.payload.resolve()
+
+    def _release(self, batch: Batch, caller: bool) -> None:
+        """Under the lock. A batch thread polls again itself; a caller hands queued work on."""
+        self._active -= 1
+        if not batch.solo:
+            self._running -= 1
+        if self._closed:
+            self._cond.notify_all()
+        elif caller:
+            self._kick()
 
     @staticmethod
     def _assemble(batch: Batch) -> Arrays:
@@ -209,17 +284,17 @@ class Batcher:
             out[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return out
 
-    @staticmethod
-    def _scatter(batch: Batch, outputs: Arrays) -> None:
+    def _scatter(self, batch: Batch, outputs: Arrays) -> None:
         for s in batch.slices:
             p = s.ticket.payload
             if s.rows == s.ticket.rows:      # whole request in one batch: views, no copy
                 p.outputs = {k: v[s.offset:s.offset + s.rows] for k, v in outputs.items()}
                 continue
-            with p.lock:   # two batch threads may carry slices of one request
-                if p.outputs is None:
-                    p.outputs = {k: np.empty((s.ticket.rows, *v.shape[1:]), v.dtype)
-                                 for k, v in outputs.items()}
+            if p.outputs is None:
+                with self._cond:             # two threads may carry slices of one request
+                    if p.outputs is None:
+                        p.outputs = {k: np.empty((s.ticket.rows, *v.shape[1:]), v.dtype)
+                                     for k, v in outputs.items()}
             for k, v in outputs.items():
                 p.outputs[k][s.start:s.stop] = v[s.offset:s.offset + s.rows]
 

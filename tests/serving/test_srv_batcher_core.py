@@ -38,7 +38,7 @@ def test_timeout_waits_for_a_full_batch_or_the_oldest_request_to_age():
 
 
 def test_large_request_is_split_and_reported_once_all_rows_are_done():
-    c = core(max_batch_size=4)
+    c = core(max_batch_size=4, split_requests=True)     # TF Serving's splitting
     big = c.submit(10, now=0.0)
     batches = [c.poll(0.0).batch for _ in range(3)]
     assert [b.rows for b in batches] == [4, 4, 2]
@@ -49,7 +49,7 @@ def test_large_request_is_split_and_reported_once_all_rows_are_done():
 
 
 def test_a_request_fills_the_room_left_and_continues_in_the_next_batch():
-    c = core(max_batch_size=4)
+    c = core(max_batch_size=4, split_requests=True)
     a, b = c.submit(3, now=0.0), c.submit(3, now=0.0)
     first, second = c.poll(0.0).batch, c.poll(0.0).batch
     assert [(s.ticket, s.start, s.stop) for s in first.slices] == [(a, 0, 3), (b, 0, 1)]
@@ -59,7 +59,7 @@ def test_a_request_fills_the_room_left_and_continues_in_the_next_batch():
 
 
 def test_queue_bound_fails_fast_and_frees_up_after_dispatch():
-    c = core(max_batch_size=4, max_enqueued_batches=2)
+    c = core(max_batch_size=4, max_enqueued_batches=2, split_requests=True)
     c.submit(8, now=0.0)
     with pytest.raises(Overloaded, match="queue full: 8 rows queued \\+ 1 requested > 8"):
         c.submit(1, now=0.0)
@@ -81,7 +81,7 @@ def test_expired_request_never_reaches_a_batch():
 
 
 def test_partly_run_request_that_expires_is_dropped_and_not_reported_done():
-    c = core(max_batch_size=2)
+    c = core(max_batch_size=2, split_requests=True)
     t = c.submit(4, now=0.0, deadline=1.0)
     first = c.poll(0.0).batch
     p = c.poll(2.0)
@@ -167,7 +167,8 @@ OPS = st.lists(st.one_of(
 @settings(max_examples=150, deadline=None)
 @given(OPS, st.integers(1, 16), st.sampled_from([0, 1000, 100_000]))
 def test_every_row_runs_at_most_once_and_requests_finish_exactly_when_done(ops, mbs, timeout):
-    c = core(max_batch_size=mbs, batch_timeout_micros=timeout, max_enqueued_batches=4)
+    c = core(max_batch_size=mbs, batch_timeout_micros=timeout, max_enqueued_batches=4,
+             split_requests=True)     # the default mode: test_srv_batcher_lone.py
     now = 0.0
     running, tickets, seen = [], [], {}
     finished, expired = set(), set()

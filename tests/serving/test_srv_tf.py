@@ -29,7 +29,8 @@ def test_exported_model_has_the_documented_signature(ctr_repo, batch):
 
 def test_2000_candidate_call_is_split_batched_and_matches_the_model(ctr_repo, batch, client_for):
     from dataclasses import replace
-    cfg = server_config(ctr_repo, max_batch_size=256, max_enqueued_batches=16)
+    cfg = server_config(ctr_repo, max_batch_size=256, max_enqueued_batches=16,
+                        split_requests=True)      # a lone call would run whole
     cfg = replace(cfg, defaults=replace(cfg.defaults, version_policy=VersionPolicy(kind="all")))
     expected = {v: load_backend(ctr_repo / "ctr" / str(v)).predict(batch)["ctr"] for v in (1, 2)}
     with running(cfg) as server:
