@@ -1,7 +1,7 @@
 """Dynamic batching vs none, side by side, on the example CTR models.
 
     python bench/batching.py [--models DIR] [--duration 5] [--repeats 3] [--concurrency 32]
-                             [--rows 4] [--skip-reload | --only-reload]
+                             [--rows 4] [--defaults] [--skip-reload | --only-reload]
 
 For the small Wide&Deep CTR model and a heavier one (``ctr_heavy``), it
 starts ``wei-serve`` twice as separate processes (batched and
@@ -9,10 +9,13 @@ starts ``wei-serve`` twice as separate processes (batched and
 (grpc.aio, one event loop) sending ``--rows``-row requests for
 ``--duration`` seconds, alternating between the two ``--repeats`` times, and
 prints the median trial's throughput, p50 and p99 for both, and the ratios.
+The batched server runs with fixed flags (``BATCHED``: 256 rows, 1 ms
+timeout, a batch thread per CPU), or with ``--defaults`` with the server's
+own batching defaults (:class:`serving.config.BatchingConfig`).
 It then runs the batcher alone in this process (threads calling it, no
 gRPC), which shows what batching does for the model once transport costs are
 out of the picture. It also times one 2,000-candidate ranking call (median
-of 15) and measures the p99 of ``ctr`` while ``ctr_heavy`` is hot-reloaded
+of 41, the two servers called in turn) and measures the p99 of ``ctr`` while ``ctr_heavy`` is hot-reloaded
 again and again in the same server. Client and server share the machine's cores: read the
 ratios, not the absolute figures. Without ``--models`` it exports the models
 to a temporary directory first (about 30 s).
@@ -144,15 +147,22 @@ def load(port: int, body: bytes, duration: float, concurrency: int) -> Run:
     return asyncio.run(_load(port, body, duration, concurrency))
 
 
-def ranking_call_ms(port: int, body: bytes, n: int = 15) -> float:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        call = ch.unary_unary(wire.PREDICT_METHOD)
-        times = []
-        for _ in range(n + 2):
-            t0 = time.perf_counter()
-            wire.decode_response(call(body, timeout=60))
-            times.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(times[2:]))
+def ranking_call_ms(ports: dict[str, int], body: bytes, n: int = 41) -> dict[str, float]:
+    """Median latency of one call alone, per server; the servers are called in turn, in an
+    order that alternates (a call just after the other server's may run warmer or colder)."""
+    channels = {mode: grpc.insecure_channel(f"127.0.0.1:{port}") for mode, port in ports.items()}
+    times: dict[str, list[float]] = {mode: [] for mode in ports}
+    try:
+        calls = {mode: ch.unary_unary(wire.PREDICT_METHOD) for mode, ch in channels.items()}
+        for i in range(n + 2):
+            for mode, call in sorted(calls.items(), reverse=bool(i % 2)):
+                t0 = time.perf_counter()
+                wire.decode_response(call(body, timeout=60))
+                times[mode].append((time.perf_counter() - t0) * 1000)
+    finally:
+        for ch in channels.values():
+            ch.close()
+    return {mode: float(np.median(ts[2:])) for mode, ts in times.items()}
 
 
 def in_process(repo: Path, model: str, args: argparse.Namespace) -> dict[str, float]:
@@ -163,8 +173,9 @@ def in_process(repo: Path, model: str, args: argparse.Namespace) -> dict[str, fl
 
     backend = load_backend(repo / model / "1")
     req = wire.decode_request(body_for(args.rows)).inputs
-    cfg = BatchingConfig(max_batch_size=256, batch_timeout_micros=1000,
-                         num_batch_threads=os.cpu_count() or 1, max_enqueued_batches=64)
+    cfg = BatchingConfig() if args.defaults else BatchingConfig(
+        max_batch_size=256, batch_timeout_micros=1000, num_batch_threads=os.cpu_count() or 1,
+        max_enqueued_batches=64)
     out = {}
     for mode in ("batched", "unbatched"):
         runner = Batcher(backend, cfg) if mode == "batched" else DirectRunner(backend)
@@ -173,7 +184,7 @@ def in_process(repo: Path, model: str, args: argparse.Namespace) -> dict[str, fl
 
         def caller(i: int, runner=runner, stop=stop, counts=counts) -> None:
             while time.perf_counter() < stop:
-                runner.submit(req, args.rows).result(30)
+                runner.run(req, args.rows)         # the server's call path
                 counts[i] += 1
 
         threads = [threading.Thread(target=caller, args=(i,)) for i in range(args.concurrency)]
@@ -194,7 +205,7 @@ def reload_interference(repo: Path, tmp: Path, args: argparse.Namespace) -> tupl
     (view / "ctr").symlink_to(repo / "ctr", target_is_directory=True)
     shutil.copytree(repo / "ctr_heavy", view / "ctr_heavy")
     body = body_for(args.rows)
-    with server(view, BATCHED + ["--poll-interval-s", "0.2"]) as port:
+    with server(view, ([] if args.defaults else BATCHED) + ["--poll-interval-s", "0.2"]) as port:
         quiet = load(port, body, args.duration, args.concurrency)
         stop = threading.Event()
         reloads = [0]
@@ -224,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                    "the median trial is reported")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--rows", type=int, default=4, help="candidates per request")
+    p.add_argument("--defaults", action="store_true", help="batched server with the server's "
+                   "batching defaults instead of the fixed BATCHED flags")
     p.add_argument("--skip-reload", action="store_true", help="skip the hot-reload run")
     p.add_argument("--only-reload", action="store_true", help="only the hot-reload run")
     args = p.parse_args(argv)
@@ -234,9 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             repo = tmp / "models"
             print("exporting ctr and ctr_heavy ...", flush=True)
             export_models(repo)
+        batched = [] if args.defaults else BATCHED
         print(f"machine: {os.cpu_count()} CPUs; concurrency {args.concurrency}, "
               f"{args.rows} rows/request, median of {args.repeats} alternating "
-              f"{args.duration:.0f} s trials\n", flush=True)
+              f"{args.duration:.0f} s trials; batched: {' '.join(batched) or 'server defaults'}\n",
+              flush=True)
         if args.only_reload:
             report_reload(repo, tmp, args)
             return 0
@@ -249,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         for model in ("ctr", "ctr_heavy"):
             view = only(repo, [model], tmp)
             req = with_model(body, model)
-            with server(view, BATCHED) as bport, server(view, UNBATCHED) as uport:
+            with server(view, batched) as bport, server(view, UNBATCHED) as uport:
                 ports = {"batched": bport, "unbatched": uport}
                 # alternate the two servers so that drift on a shared machine hits both
                 trials: dict[str, list[Run]] = {"batched": [], "unbatched": []}
@@ -257,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                     for mode, port in ports.items():
                         trials[mode].append(load(port, req, args.duration, args.concurrency))
                 if model == "ctr":
-                    ranking = {mode: ranking_call_ms(port, big) for mode, port in ports.items()}
+                    ranking = ranking_call_ms(ports, big)
             for mode, rs in trials.items():
                 r = runs[model, mode] = median_run(rs)
                 print(f"{model:<10} {mode:<10} {r.rps:>8.0f} {r.rps * args.rows:>9.0f} "
@@ -272,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model} in-process (no gRPC, {args.concurrency} threads): batched "
                   f"{ip['batched']:.0f} req/s vs unbatched {ip['unbatched']:.0f} req/s "
                   f"(x{ip['batched'] / ip['unbatched']:.2f})", flush=True)
-        print(f"one 2,000-candidate ranking call (ctr, median of 15): "
-              f"batched {ranking['batched']:.1f} ms, unbatched {ranking['unbatched']:.1f} ms")
+        print(f"one 2,000-candidate ranking call (ctr, median of 41): "
+              f"batched {ranking['batched']:.2f} ms, unbatched {ranking['unbatched']:.2f} ms "
+              f"(x{ranking['batched'] / ranking['unbatched']:.3f})")
         if not args.skip_reload:
             report_reload(repo, tmp, args)
     return 0

@@ -43,38 +43,40 @@ class BatchingConfig:
 
     The defaults are for ranking calls of 1,000-2,000 candidate rows, each a
     batch on its own, beside smaller calls that gain from company. Figures:
-    the example models on 2 CPUs (``bench/batching.py``); one model call
-    costs a fixed part plus a part per row: ctr 0.31 ms at 4 rows, 1.28 ms at
-    1,000, 1.77 ms at 2,000; ctr_heavy 1.0 ms, 14.4 ms, 26.9 ms.
+    the models of ``bench/batching.py``, arms run side by side on 2 shared
+    CPUs. One model call costs a fixed part plus a part per row: ctr 0.31 ms
+    at 4 rows, 1.28 ms at 1,000, 1.77 ms at 2,000; ctr_heavy 1.0, 14.4 and
+    26.9 ms.
 
     ``max_batch_size=1000`` (TF Serving's): smaller calls are combined up to
     1,000 rows; a larger call is a batch by itself, run whole and at once
     beside the batches in progress (see :mod:`serving.batching.core`), as it
-    would run unbatched. Four callers sending 2,000-row calls to ctr got 99 %
-    of the unbatched throughput that way, against 74 % when such calls waited
-    for a batch thread (``max_batch_size=2048``, one thread). The queue bound
-    is ``max_enqueued_batches`` x 1,000 rows.
+    would run unbatched. Four callers sending 2,000-row calls to ctr got 97 %
+    of the unbatched throughput that way (within the trials' spread), against
+    77 % when such calls waited for the batch thread
+    (``max_batch_size=2048``). The queue bound is ``max_enqueued_batches`` x
+    1,000 rows.
 
     ``batch_timeout_micros=0``: a batch starts as soon as a thread is free.
     Batches still grow while the thread is busy, which is when combining
     pays, and a lone call never waits. Waiting buys throughput only when the
     server is saturated with small calls (4-row calls to ctr from 32 callers:
-    2,000 us gave x1.25 the requests/s of 0, while every call waits up to
+    2,000 us gave x1.20 the requests/s of 0, while every call waits up to
     that long); raise it for such a model.
 
     ``num_batch_threads=1``: batches below the limit run one at a time. The
     model spreads one batch over the cores already (TensorFlow's intra-op
     threads), so a second batch at once adds no compute, only contention, and
-    halves the batches: 4-row calls from 32 callers, 1 thread against 2: x1.27
-    the requests/s for ctr and for ctr_heavy. Large calls are not bound by it
+    halves the batches: 4-row calls from 32 callers, 1 thread against 2: x1.19
+    the requests/s for ctr, x1.22 for ctr_heavy. Large calls are not bound by it
     (above). Set 2 on GPU pods, so the next batch is assembled while the
     device runs one. A call that finds the thread free runs the batch on its
     own (gRPC) thread: an idle server adds no thread hand-off.
 
     ``allowed_batch_sizes=()``: no padding. TensorFlow graphs and PyTorch run
-    any batch size without recompiling, and padding a 1,001-row call to 2,048
-    would double its cost; set sizes for a compiler that specialises each
-    shape (XLA, TensorRT). Sizes imply ``split_requests``.
+    any batch size without recompiling, and padding a 520-row batch to 1,000
+    would nearly double its cost; set sizes for a compiler that specialises
+    each shape (XLA, TensorRT). Sizes imply ``split_requests``.
 
     ``split_requests=False``: requests are never cut (a cut call waits for
     several batches and is copied back together). Set it where memory bounds
