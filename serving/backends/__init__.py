@@ -8,9 +8,12 @@ A backend is what a model version becomes once loaded::
         def close(self) -> None: ...
 
 ``predict`` receives a batch (dimension 0 of every input is the batch) and
-returns every output with the same dimension 0. It is called from batch
-threads, one call per batch thread at a time; it must not keep references
-to its input arrays (they may be read-only views over request buffers).
+returns every output with the same dimension 0. It is called by whichever
+thread runs the batch (a batch thread, or the gRPC thread of a caller that
+runs its own), and by several at once (large requests run beside the
+batches in progress; unbatched, every call runs on its own thread); it must
+not keep references to its input arrays (they may be read-only views over
+request buffers).
 
 Which backend a version directory gets (``platform="auto"``):
 ``saved_model.pb`` -> TensorFlow, ``model.pt`` -> PyTorch (TorchScript),
