@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from serving_helpers import x as _x
 
 from serving.backends.signature import Signature, spec
 from serving.batching import Batcher, DirectRunner
@@ -38,8 +39,6 @@ class Affine:
         pass
 
 
-def _x(rows: int, start: int = 0) -> np.ndarray:
-    return np.arange(start, start + rows * 3, dtype=np.float32).reshape(rows, 3)
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_rows():

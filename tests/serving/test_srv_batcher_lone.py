@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from serving_helpers import running, server_config, write_python_model, x
+from serving_helpers import x as _x
 
 from serving.backends.signature import Signature, spec
 from serving.batching import Batcher
@@ -170,8 +171,6 @@ class Model:
         pass
 
 
-def _x(rows: int, start: int = 0) -> np.ndarray:
-    return np.arange(start, start + rows * 3, dtype=np.float32).reshape(rows, 3)
 
 
 @pytest.fixture
