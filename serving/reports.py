@@ -8,12 +8,15 @@ report travels on every response to the clients (fast, small), the
 Load report (see :mod:`protocol.wire`), over the models this call used (all
 models when it used none), from the runners' last 10 s:
 ``application_utilization`` (mean busy fraction of their batch threads),
-``rps_fractional`` (requests per second), ``cpu_utilization`` (this
+``rps_fractional`` (requests per second), ``eps`` (calls failed or refused
+per second), ``cpu_utilization`` (this
 process's CPU time over the last second divided by the CPUs it may use), and
 named metrics ``in_flight`` (server-wide calls in progress), ``queue_depth``
 (rows waiting in all batch queues), ``batch_fill``, ``ewma_latency_ms``,
 ``rows_per_s``, ``capacity_rows_per_s`` (the lowest known among the models
-used: a call runs at its slowest model's pace; 0 = unknown) and
+used: a call runs at its slowest model's pace; 0 = unknown; read over the
+newest second or so of a busy runner's work, see
+:mod:`serving.batching.stats`) and
 ``queue_delay_ms``.
 """
 
@@ -66,6 +69,7 @@ def build_report(snapshot: LoadedModels, used: Iterable[LoadedVersion], in_fligh
         cpu_utilization=cpu,
         application_utilization=sum(w.busy_fraction for w in windows) / n,
         rps_fractional=sum(w.requests_per_s for w in windows),
+        eps=sum(w.errors_per_s for w in windows),
         named_metrics={
             "in_flight": float(in_flight),
             "queue_depth": float(sum(lv.runner.queue_depth() for lv in versions)),

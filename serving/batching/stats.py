@@ -14,6 +14,19 @@ and queue delay. A slice older than the window is dropped as the clock
 moves, so an idle runner's old p99 ages out: with no request in the window
 the percentiles are None (unknown), never a stale figure read as fresh.
 
+Capacity is read over less than the whole window: over the newest slices
+that hold ``capacity_evidence_s`` seconds of model time per batch thread
+(all of the window when they hold less). A busy pod's capacity is thus its
+last second or two, and follows a change of speed (a noisy neighbour, a
+throttled GPU) within about that, while a lightly loaded pod, whose rare
+batches say less, is read over up to the whole window. On a 1:2:4 fleet
+whose fastest and slowest pods swap speeds at 80 % load, the 10 s window
+kept clients sending to the pod that had become slow for about 4 s
+(``bench/hetero.py --swap``).
+
+Errors (``record_error``: calls that failed or were refused) are counted in
+the same slices: ``errors_per_s`` is ORCA's ``eps``.
+
 EWMAs (latency, batch fill, queue delay) remain for the in-band load report,
 which wants one cheap number per response.
 """
@@ -33,6 +46,7 @@ __all__ = ["RollingStats", "Window"]
 
 SAMPLES_PER_SLOT = 2048  # latencies kept per slice: bounds memory at any request rate
 MIN_BUSY_S = 0.05        # less model time than this in a window says nothing about capacity
+CAPACITY_EVIDENCE_S = 0.5  # model time per batch thread that capacity is read over, newest first
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -48,6 +62,8 @@ class Window:
     p50_ms: float | None
     p90_ms: float | None
     p99_ms: float | None
+    capacity_rows_per_s: float | None = None   # rows/s at full use over the newest evidence (see module doc)
+    errors: int = 0
 
     @property
     def rows_per_s(self) -> float:
@@ -63,9 +79,8 @@ class Window:
         return min(1.0, self.busy_s / (self.span_s * self.threads)) if self.span_s > 0 else 0.0
 
     @property
-    def capacity_rows_per_s(self) -> float | None:
-        """Rows per second at full use: throughput / busy fraction. None without enough work to tell."""
-        return self.rows / self.busy_s * self.threads if self.busy_s >= MIN_BUSY_S else None
+    def errors_per_s(self) -> float:
+        return self.errors / self.span_s if self.span_s > 0 else 0.0
 
     @property
     def mean_batch_rows(self) -> float | None:
@@ -73,26 +88,30 @@ class Window:
 
 
 class _Slot:
-    __slots__ = ("epoch", "latencies", "requests", "rows", "batches", "busy_s")
+    __slots__ = ("epoch", "latencies", "requests", "rows", "batches", "busy_s", "errors")
 
     def __init__(self) -> None:
         self.epoch = -1
         self.latencies: deque[float] = deque(maxlen=SAMPLES_PER_SLOT)
-        self.requests = self.rows = self.batches = 0
+        self.requests = self.rows = self.batches = self.errors = 0
         self.busy_s = 0.0
 
 
 class RollingStats:
     """Thread-safe. ``threads``: batch threads working in parallel (1 for an unbatched runner,
     whose calls run on gRPC's threads: its capacity is then one call at a time's, a floor).
-    ``alpha`` weighs the newest sample of each EWMA (0.1 ~ the last 10-20)."""
+    ``alpha`` weighs the newest sample of each EWMA (0.1 ~ the last 10-20).
+    ``capacity_evidence_s``: see the module doc; slices of half a second let it
+    read a busy pod over about one second."""
 
-    def __init__(self, *, threads: int = 1, window_s: float = 10.0, slots: int = 10, alpha: float = 0.1,
+    def __init__(self, *, threads: int = 1, window_s: float = 10.0, slots: int = 20, alpha: float = 0.1,
+                 capacity_evidence_s: float = CAPACITY_EVIDENCE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if threads < 1 or window_s <= 0 or slots < 1:
-            raise ValueError(f"RollingStats: threads >= 1, window_s > 0, slots >= 1; got {threads}, "
-                             f"{window_s}, {slots}")
+        if threads < 1 or window_s <= 0 or slots < 1 or capacity_evidence_s < 0:
+            raise ValueError(f"RollingStats: threads >= 1, window_s > 0, slots >= 1, capacity_evidence_s >= 0; "
+                             f"got {threads}, {window_s}, {slots}, {capacity_evidence_s}")
         self.threads = threads
+        self._evidence_s = capacity_evidence_s * threads
         self.window_s = window_s
         self._slot_s = window_s / slots
         self._clock = clock
@@ -122,9 +141,14 @@ class RollingStats:
         if s.epoch != epoch:
             s.epoch = epoch
             s.latencies.clear()
-            s.requests = s.rows = s.batches = 0
+            s.requests = s.rows = s.batches = s.errors = 0
             s.busy_s = 0.0
         return s
+
+    def record_error(self) -> None:
+        """A call failed or was refused (any cause): counted for ``errors_per_s``."""
+        with self._lock:
+            self._slot(self._clock()).errors += 1
 
     def record_request(self, latency_s: float) -> None:
         with self._lock:
@@ -164,10 +188,13 @@ class RollingStats:
         now = self._clock()
         with self._lock:
             current = math.floor(now / self._slot_s)
-            live = [s for s in self._slots if current - len(self._slots) < s.epoch <= current]
+            live = sorted((s for s in self._slots if current - len(self._slots) < s.epoch <= current),
+                          key=lambda s: -s.epoch)
             data = np.fromiter((x for s in live for x in s.latencies) if percentiles else (), dtype=np.float64)
             totals = (sum(s.requests for s in live), sum(s.rows for s in live), sum(s.batches for s in live),
                       sum(s.busy_s for s in live))
+            errors = sum(s.errors for s in live)
+            capacity = self._capacity(live)
             # the live slices cover from the start of the oldest possible one until now
             span = min(now - self._born, now - (current - len(self._slots) + 1) * self._slot_s)
         pct: tuple[float | None, ...] = (None, None, None)
@@ -175,4 +202,15 @@ class RollingStats:
             pct = tuple(float(v) for v in np.percentile(data, [50, 90, 99]) * 1000)
         requests, rows, batches, busy = totals
         return Window(span_s=max(span, 0.0), requests=requests, rows=rows, batches=batches, busy_s=busy,
-                      threads=self.threads, p50_ms=pct[0], p90_ms=pct[1], p99_ms=pct[2])
+                      threads=self.threads, p50_ms=pct[0], p90_ms=pct[1], p99_ms=pct[2],
+                      capacity_rows_per_s=capacity, errors=errors)
+
+    def _capacity(self, newest_first: list[_Slot]) -> float | None:
+        """Rows per busy second x threads over the newest slices holding enough model time."""
+        rows, busy = 0, 0.0
+        for s in newest_first:
+            rows += s.rows
+            busy += s.busy_s
+            if busy >= self._evidence_s:
+                break
+        return rows / busy * self.threads if busy >= MIN_BUSY_S else None

@@ -73,3 +73,38 @@ def test_reset_forgets_warm_up_and_recent_is_cached_briefly():
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="threads >= 1"):
         RollingStats(threads=0)
+
+
+def test_a_busy_runners_capacity_follows_a_change_of_speed_within_about_a_second():
+    clock = Clock()
+    st = RollingStats(clock=clock, window_s=10.0, slots=20)
+    for _ in range(100):  # 10 s at 1,000 rows per busy second, 90 % busy
+        st.record_batch(90, 1.0, 0.0, 0.09)
+        clock.t += 0.1
+    assert st.window().capacity_rows_per_s == pytest.approx(1000.0)
+    for _ in range(10):   # the device slows 4x: fully busy, 250 rows per busy second
+        st.record_batch(25, 1.0, 0.0, 0.1)
+        clock.t += 0.1
+    w = st.window()
+    assert w.capacity_rows_per_s == pytest.approx(250.0, rel=0.05)  # the newest second, not the 10 s mix
+    assert w.rows / w.busy_s > 700  # what the whole window would have said
+
+
+def test_a_lightly_loaded_runners_capacity_is_read_over_the_whole_window():
+    clock = Clock()
+    st = RollingStats(clock=clock, window_s=10.0, slots=20)
+    for i in range(20):   # one 20 ms batch every half second: 0.4 s of model time in 10 s
+        clock.t += 0.5
+        st.record_batch(20 if i < 10 else 40, 1.0, 0.0, 0.02)
+    assert st.window().capacity_rows_per_s == pytest.approx(1500.0)  # all of it: (200 + 400) rows / 0.4 s
+
+
+def test_errors_are_counted_per_second_and_age_out():
+    clock = Clock()
+    st = RollingStats(clock=clock, window_s=10.0)
+    clock.t += 10.0
+    for _ in range(30):
+        st.record_error()
+    assert st.window().errors == 30 and st.window().errors_per_s == pytest.approx(3.0, rel=0.1)
+    clock.t += 11.0
+    assert st.window().errors == 0
