@@ -99,7 +99,7 @@ class View:
             table.caption = f"snapshot v{snap.version}{' STALE' if snap.stale else ''} · {snap.reason}"
         cfg = self.config
         if cfg is None or not cfg.present:
-            config = "config: none (defaults: weighted_p2c, no splits)"
+            config = "config: none (defaults: p2c_jsed, no splits)"
         else:
             splits = "; ".join(f"{m} " + " ".join(f"v{v}={s:g}%" for v, s in split.items())
                                for m, split in cfg.config.splits.items())

@@ -43,7 +43,7 @@ CONFIG_SCHEMA = 1
 MAX_CONFIG_BYTES = 256 * 1024
 MAX_SPLIT_VERSIONS = 64
 MAX_KNOBS = 32
-DEFAULT_POLICY = "weighted_p2c"
+DEFAULT_POLICY = "p2c_jsed"
 
 
 def _freeze_split(model: str, split: Mapping[Any, Any]) -> Mapping[int, float]:

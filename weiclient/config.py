@@ -90,20 +90,35 @@ class ChannelConfig:
     """``close_grace_s`` (30 s): a channel to an instance that left the
     membership stays open this long, so in-flight calls finish and a pod
     that comes straight back reuses it. Keepalive pings every 30 s keep idle
-    channels warm through NATs and detect dead peers."""
+    channels warm through NATs and detect dead peers.
+
+    ``max_message_bytes`` (64 MiB, the server's default too): a request
+    larger than this is refused before it is sent
+    (:class:`~weiclient.errors.RequestTooLarge`), never retried nor charged
+    to a pod. ``max_metadata_bytes`` (64 KiB): how much trailing metadata
+    (the status message among it) a server may send. gRPC's default (8 KiB,
+    hard limit 16 KiB) turns a longer error text into "metadata size exceeds
+    hard limit" and the real message is lost; our server keeps its messages
+    to 4 KiB, another one (an older version, an OIP server) may not."""
 
     close_grace_s: float = 30.0
     max_message_bytes: int = 64 * 1024 * 1024
+    max_metadata_bytes: int = 64 * 1024
     keepalive_s: float = 30.0
 
     def __post_init__(self) -> None:
-        _positive("channel", close_grace_s=self.close_grace_s, max_message_bytes=self.max_message_bytes,
-                  keepalive_s=self.keepalive_s)
+        _positive("channel", close_grace_s=self.close_grace_s, keepalive_s=self.keepalive_s)
+        for name in ("max_message_bytes", "max_metadata_bytes"):  # gRPC takes a C int
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v < 2**31:
+                raise InvalidBalancerConfig(f"channel.{name}", "an integer of bytes in 1..2**31-1", v)
 
     def options(self) -> list[tuple[str, int]]:
         return [
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_metadata_size", self.max_metadata_bytes),
+            ("grpc.absolute_max_metadata_size", self.max_metadata_bytes),
             ("grpc.keepalive_time_ms", int(self.keepalive_s * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.enable_retries", 0),  # retries are ours: to another instance, under a budget
@@ -116,10 +131,16 @@ class ClientConfig:
 
     ``timeout_s`` (1 s): the default deadline for a whole call, retries
     included. ``balancer``: a policy name overriding the service config's
-    (None: follow the service config, default ``weighted_p2c``).
+    (None: follow the service config, default ``p2c_jsed``).
     ``snapshot_file``: where the membership is saved, so a client that starts
-    while ZooKeeper is down can still route. ``start_timeout_s``: how long the
-    constructor waits for a first membership.
+    while ZooKeeper is down can still route. ``start_timeout_s`` (10 s): how
+    long the constructor waits, in all, for a first membership and the service
+    config; without a membership by then (ZooKeeper unreachable, no snapshot
+    file) it raises :class:`~weiclient.errors.RegistryUnavailable`, having
+    released what it opened. A service config not read by then is followed
+    once it arrives (the defaults route meanwhile). ``metrics``: export
+    Prometheus metrics, labelled by ``service`` and by ``client`` (see
+    :mod:`weiclient.metrics`), so any number of clients live in one process.
     """
 
     root: str = "/weiserving"

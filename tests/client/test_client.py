@@ -76,7 +76,8 @@ def test_predict_many_and_async_twins(cluster, client_for):
     one, both = asyncio.run(main())
     assert set(one) == {"y"} and both["ctr"]["y"].shape == (3, 3)
     stats = client.stats()
-    assert stats.members == 2 and stats.balancer.policy == "weighted_p2c" and len(stats.channels) == 2
+    assert stats.members == 2 and stats.balancer.policy == "p2c_jsed"
+    assert 1 <= len(stats.channels) <= 2  # the pods the two blocking calls went to (idle and equal: either)
 
 
 def test_weight_change_shifts_traffic(cluster, client_for):

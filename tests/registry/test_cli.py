@@ -141,7 +141,7 @@ def test_split_then_config_shows_it(zk, zk_settings):
 
     shown = cli(zk_settings, "config", "ctr")
     assert shown.returncode == 0, shown.stderr
-    assert "balancer weighted_p2c" in shown.stdout
+    assert "balancer p2c_jsed" in shown.stdout
     table = table_rows(shown.stdout)
     assert ["ctr", "12", "90"] in table and ["ctr", "13", "10"] in table
 
@@ -169,10 +169,10 @@ def test_config_without_node_shows_defaults(zk_settings, publish):
     publish(record("a"))
     result = cli(zk_settings, "config", "ctr")
     assert result.returncode == 0, result.stderr
-    assert "no config node: defaults (weighted_p2c, no splits)" in result.stdout
+    assert "no config node: defaults (p2c_jsed, no splits)" in result.stdout
     as_json = json.loads(cli(zk_settings, "config", "ctr", "--json").stdout)
     assert (as_json["present"], as_json["splits"]) == (False, {})
-    assert as_json["balancer"]["policy"] == "weighted_p2c"
+    assert as_json["balancer"]["policy"] == "p2c_jsed"
 
 
 def test_config_node_with_garbage_is_one_error_line(zk, zk_settings):

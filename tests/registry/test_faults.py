@@ -141,7 +141,7 @@ def test_garbage_config_keeps_last_good(zk, make_client):
 
 def test_config_change_reaches_watcher_within_a_second(zk, make_client):
     watcher = ConfigWatcher(make_client(), "svc").start()
-    assert not watcher.snapshot.present and watcher.config.balancer.policy == "weighted_p2c"
+    assert not watcher.snapshot.present and watcher.config.balancer.policy == "p2c_jsed"
     t0 = time.monotonic()
     ConfigStore(zk).set_split("svc", "ctr", {1: 100})
     watcher.wait_for(lambda s: s.present and s.config.pick_version("ctr", 0.5) == 1, timeout=1.0)

@@ -50,7 +50,7 @@ def test_every_named_policy_builds_and_picks():
         b = Balancer(build_policy(name), rng=random.Random(1))
         b.update(snapshot_from_records("ctr", [rec(0), rec(1)], version=1), now=0.0)
         assert b.pick("ctr", key="k", now=1.0).instance_id in {"p0", "p1"}
-    assert Policy() == build_policy() and Policy().name == "weighted_p2c"
+    assert Policy() == build_policy() and Policy().name == "p2c_jsed"
 
 
 def test_knobs_reach_the_selector_and_the_shared_parts():

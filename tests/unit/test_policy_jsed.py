@@ -54,7 +54,8 @@ def test_without_reported_capacity_the_weights_are_the_capacities():
 
 def test_an_unknown_capacity_is_the_weight_scaled_to_the_known_ones():
     b = Balancer(build_policy("p2c_jsed"), rng=random.Random(1))
-    b.update(snapshot_from_records("ctr", [rec(0, 1.0), rec(1, 2.0), rec(2, 4.0)], version=1), now=0.0)
+    b.update(snapshot_from_records("ctr", [rec(0, 1.0, measured=True), rec(1, 2.0, measured=True),
+                                           rec(2, 4.0, measured=True)], version=1), now=0.0)
     p0, p1, p2 = b.candidates.endpoints
     b.on_finish(p0, 1.0, 0.01, True, ServerLoad(capacity_rows_per_s=1000.0))
     b.on_finish(p1, 1.0, 0.01, True, ServerLoad(capacity_rows_per_s=1000.0))  # slower than its weight says
@@ -64,6 +65,21 @@ def test_an_unknown_capacity_is_the_weight_scaled_to_the_known_ones():
     assert b.selector.capacities(table, 1.5) is caps  # recomputed once a second, not per pick
     # a capacity older than capacity_ttl_s is forgotten: back to the published weights
     assert b.selector.capacities(table, 70.0).weights == (1.0, 2.0, 4.0)
+
+
+@pytest.mark.parametrize(("knobs", "expected"), [
+    ({}, (1000.0, 1000.0, 0.1 * 2000.0 / 2.0)),  # its weight, scaled as the measured ones are
+    ({"measure_static_pods": True}, (1000.0, 1000.0, 1000.0)),
+])
+def test_a_static_weight_is_not_overruled_by_its_servers_report_unless_asked(knobs, expected):
+    """A canary held at 0.1 by hand stays small; its report says only what it could do."""
+    b = Balancer(build_policy("p2c_jsed", knobs), rng=random.Random(1))
+    b.update(snapshot_from_records("ctr", [rec(0, 1.0, measured=True), rec(1, 1.0, measured=True),
+                                           rec(2, 0.1)], version=1), now=0.0)
+    for ep in b.candidates.endpoints:
+        b.on_finish(ep, 1.0, 0.01, True, ServerLoad(capacity_rows_per_s=1000.0))
+    caps = b.selector.capacities(b._table("ctr", None, (), 1.0)[1], 1.0)
+    assert caps.weights == pytest.approx(expected)
 
 
 def test_the_delay_counts_own_rows_fresh_queued_rows_and_this_calls_rows():

@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 import pytest
 
 from registry.membership import snapshot_from_records
-from registry.records import InstanceRecord, State
+from registry.records import Capacity, InstanceRecord, State
 from weiclient.balancer import Balancer, Endpoint, ServerLoad, build_policy
 
 
-def rec(i: int, weight: float = 1.0) -> InstanceRecord:
+def rec(i: int, weight: float = 1.0, *, measured: bool = False) -> InstanceRecord:
+    """``measured``: as an agent publishes it (its weight is the capacity it measured), not a static weight."""
     return InstanceRecord(service="ctr", id=f"p{i}", address="10.0.0.1", port=9000 + i, weight=weight,
-                          state=State.SERVING, models={"ctr": [1]})
+                          state=State.SERVING, models={"ctr": [1]},
+                          capacity=Capacity(samples_per_s=weight if measured else None))
 
 
 @dataclass
@@ -76,7 +78,7 @@ class Fleet:
         weights = list(weights if weights is not None else speeds)
         self.balancer = Balancer(build_policy(policy, knobs), rng=random.Random(seed))
         self.balancer.update(snapshot_from_records(
-            "ctr", [rec(i, w) for i, w in enumerate(weights)], version=1), now=0.0)
+            "ctr", [rec(i, w, measured=True) for i, w in enumerate(weights)], version=1), now=0.0)
         self.servers = {f"p{i}": SimServer(s, window_s, report_capacity) for i, s in enumerate(speeds)}
         self.rtt_s = rtt_s
         self.now = 0.0

@@ -19,13 +19,13 @@ Both compare the *work* ahead of a call on each endpoint, in rows (see
   other clients' load counts; our own queued rows are counted twice (in
   both terms), which with many clients is a small share of the queue.
   ``capacity`` (rows/s) is the report's ``capacity_rows_per_s`` when a
-  report younger than ``capacity_ttl_s`` has one, else the effective weight
+  report younger than ``capacity_ttl_s`` has one and an agent measured the
+  record's weight (see ``measure_static_pods``), else the effective weight
   scaled to the known capacities (``weight x sum(known capacities) /
   sum(their weights)``), else the effective weight itself. A known capacity
   is multiplied by the client's own ramp and health factor (effective /
   published weight), and by the agent's (published weight / published
-  capacity, when the record carries both), so slow start and failures
-  still act. Capacities are
+  capacity), so slow start and failures still act. Capacities are
   recomputed once a second per weight table (an O(n) pass), not per pick.
 
 Candidates are drawn in proportion to weight (``least_outstanding``: the
@@ -89,16 +89,25 @@ class JsedConfig:
     fastest is in at most 39 % of the pairs while it should take 57 % of the
     rows, and the slow one's queue grows without bound (seconds of latency
     in tests/unit/test_policy_jsed.py, as with ``weighted_p2c``) until the
-    agent's weight catches up. False draws by effective weight."""
+    agent's weight catches up. False draws by effective weight.
+
+    ``measure_static_pods`` (false): a record whose weight no agent measured
+    (no ``capacity.samples_per_s``: a pod without a sidecar, a weight set by
+    hand to keep a canary small) keeps its weight as its capacity, scaled to
+    the measured ones; its server's report does not overrule whoever chose
+    it. True: every report's capacity counts, whatever the record says
+    (a fleet of bare servers whose declared weights are guesses)."""
 
     choices: int = 2
     capacity_ttl_s: float = 60.0
     sample_by_capacity: bool = True
+    measure_static_pods: bool = False
 
     def __post_init__(self) -> None:
         _check.integer("choices", self.choices, low=2, high=8)
         _check.number("capacity_ttl_s", self.capacity_ttl_s, low=0.0)
         _check.flag("sample_by_capacity", self.sample_by_capacity)
+        _check.flag("measure_static_pods", self.measure_static_pods)
 
 
 def _drawn(table: WeightTable, rng: random.Random, k: int, exclude: Collection[Endpoint]) -> list[int]:
@@ -170,8 +179,9 @@ class ExpectedDelay:
         if rep is None or now - ep.state.report_at > self.config.capacity_ttl_s:
             return 0.0
         published = ep.record.capacity.samples_per_s
-        factor = min(1.0, ep.weight / published) if published else 1.0
-        return rep.capacity_rows_per_s * factor
+        if not published:  # a static weight: someone chose it, the report does not overrule them
+            return rep.capacity_rows_per_s if self.config.measure_static_pods else 0.0
+        return rep.capacity_rows_per_s * min(1.0, ep.weight / published)
 
     def delay(self, ep: Endpoint, capacity: float, now: float, rows: float) -> float:
         st = ep.state

@@ -43,7 +43,7 @@ __all__ = [
     "valid_knobs",
 ]
 
-DEFAULT_POLICY = "weighted_p2c"
+DEFAULT_POLICY = "p2c_jsed"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,14 +64,14 @@ class PolicyKind:
 
 POLICIES: Mapping[str, PolicyKind] = MappingProxyType({
     "weighted_p2c": PolicyKind(P2CConfig, lambda c, m, t: PowerOfChoices(c, m),
-                               "weighted power of two choices on peak-EWMA cost (default)"),
+                               "weighted power of two choices on peak-EWMA cost"),
     "round_robin": PolicyKind(WrrConfig, lambda c, m, t: SmoothWeightedRoundRobin(c),
                               "nginx's smooth weighted round robin"),
     "random": PolicyKind(RandomConfig, lambda c, m, t: WeightedRandom(), "weighted random"),
     "consistent_hash": PolicyKind(HashConfig, lambda c, m, t: BoundedLoadHash(c, t),
                                   "consistent hashing with bounded loads on the request key"),
     "p2c_jsed": PolicyKind(JsedConfig, lambda c, m, t: ExpectedDelay(c, m),
-                           "power of two choices on expected delay: rows ahead / capacity"),
+                           "power of two choices on expected delay: rows ahead / capacity (default)"),
     "prequal": PolicyKind(PrequalConfig, lambda c, m, t: Prequal(c, m),
                           "Prequal's hot-cold rule on requests in flight and latency"),
     "least_outstanding": PolicyKind(LeastOutstandingConfig, lambda c, m, t: LeastOutstanding(c),
@@ -89,7 +89,7 @@ class Policy:
     """Everything a :class:`~.balancer.Balancer` is composed from, as values."""
 
     name: str = DEFAULT_POLICY
-    selector: SelectorConfig = field(default_factory=P2CConfig)
+    selector: SelectorConfig = field(default_factory=JsedConfig)
     slow_start: SlowStart = field(default_factory=SlowStart)
     outlier: OutlierDetection = field(default_factory=OutlierDetection)
     load: PeakEwma = field(default_factory=PeakEwma)
