@@ -35,7 +35,7 @@ from rich.text import Text
 from .errors import RecordError, RegistryError, ServiceNotFound
 from .membership import MembershipSnapshot
 from .records import InstanceRecord, check_name, decode_member, instance_to_json
-from .service_config import ConfigStore, ServiceConfig, config_to_json
+from .service_config import DEFAULT_POLICY, ConfigStore, ServiceConfig, config_to_json
 from .watcher import MembershipWatcher
 from .zk import RegistryPaths, ZkSettings, connect
 
@@ -163,7 +163,7 @@ def snapshot_header(snap: MembershipSnapshot, now: float) -> str:
 
 def config_view(service: str, cfg: ServiceConfig | None) -> None:
     if cfg is None:
-        out.print(f"{service}: no config node: defaults (weighted_p2c, no splits)")
+        out.print(f"{service}: no config node: defaults ({DEFAULT_POLICY}, no splits)")
         return
     knobs = ", ".join(f"{k}={v}" for k, v in cfg.balancer.knobs.items()) or "no knobs"
     out.print(Text(f"{service}: balancer {cfg.balancer.policy} ({knobs})"))
