@@ -7,6 +7,17 @@ A backend is what a model version becomes once loaded::
         def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
         def close(self) -> None: ...
 
+A backend may also say which exceptions of its model are the input's
+fault (an out-of-range embedding id, a failed ``tf.debugging.assert_*``)::
+
+        input_errors: tuple[type[BaseException], ...]   # optional; default ()
+
+The server answers those INVALID_ARGUMENT (the caller must not retry nor
+blame the pod) and anything else the model raises INTERNAL; a backend may
+as well raise :class:`serving.errors.InvalidInput` itself. Either way, in a
+batch of several requests the batcher re-runs them apart to find whose
+input it was (:mod:`serving.batching.core`).
+
 ``predict`` receives a batch (dimension 0 of every input is the batch) and
 returns every output with the same dimension 0. It is called by whichever
 thread runs the batch (a batch thread, or the gRPC thread of a caller that
@@ -30,7 +41,8 @@ import numpy as np
 from serving.backends.signature import Signature, TensorSpec
 from serving.errors import ModelLoadError
 
-__all__ = ["Backend", "Signature", "TensorSpec", "detect_platform", "load_backend"]
+__all__ = ["Backend", "Signature", "TensorSpec", "detect_platform", "input_errors",
+           "load_backend"]
 
 
 class Backend(Protocol):
@@ -39,6 +51,12 @@ class Backend(Protocol):
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
+
+
+def input_errors(backend: Backend) -> tuple[type[BaseException], ...]:
+    """The exception types ``backend`` declares to be its input's fault (none by default)."""
+    declared = getattr(backend, "input_errors", ())
+    return tuple(declared) if isinstance(declared, (tuple, list)) else ()
 
 
 def detect_platform(path: Path) -> str:

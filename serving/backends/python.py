@@ -7,7 +7,9 @@ A version directory holds ``model.py`` defining::
 where ``model`` has a ``signature`` attribute (a
 :class:`serving.backends.signature.Signature`) and
 ``predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]`` working
-on a batch along dimension 0; an optional ``close()`` releases resources.
+on a batch along dimension 0; an optional ``close()`` releases resources,
+and an optional ``input_errors`` (a tuple of exception types) names what
+the model raises when the input is at fault (answered INVALID_ARGUMENT).
 Good for tests and for simple LR/FM models whose weights sit beside
 ``model.py`` (``load`` receives the version directory to read them).
 """
@@ -34,8 +36,14 @@ class PythonBackend:
                                  f"'signature' is a serving.backends.signature.Signature")
         if not callable(getattr(model, "predict", None)):
             raise ModelLoadError(f"{path}/model.py: the model has no predict(inputs) method")
+        declared = getattr(model, "input_errors", ())
+        if not (isinstance(declared, tuple) and
+                all(isinstance(t, type) and issubclass(t, BaseException) for t in declared)):
+            raise ModelLoadError(f"{path}/model.py: the model's input_errors must be a tuple of "
+                                 f"exception types, got {declared!r}")
         self._model = model
         self.signature: Signature = model.signature
+        self.input_errors: tuple[type[BaseException], ...] = declared
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self._model.predict(inputs).items()}

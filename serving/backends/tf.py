@@ -48,6 +48,15 @@ class TFBackend:
                               outputs={n: _spec(s) for n, s in outputs.items()})
         return cls(loaded, fn, signature)
 
+    @property
+    def input_errors(self) -> tuple[type[BaseException], ...]:
+        """The input's fault: an op refusing its values (an embedding id out of range, a
+        ``tf.debugging.assert_*``), which TF raises as InvalidArgumentError on CPU. (On a GPU
+        ``tf.gather`` returns zeros for an id out of range instead of raising.)"""
+        import tensorflow as tf
+
+        return (tf.errors.InvalidArgumentError,)
+
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
 

@@ -237,25 +237,63 @@ class Batcher:
         if self._on_batch is not None:
             self._on_batch(batch)
         started = self._clock()
-        try:
+        error = self._attempt(batch)
+        if error is not None:
             try:
-                outputs = run_backend(self._backend, self._assemble(batch), batch.padded_rows)
-                self._scatter(batch, outputs)
-            except ServingError:
-                raise
-            except Exception as exc:          # e.g. inner dims that do not concatenate
-                raise BackendError(f"batch failed: {type(exc).__name__}: {exc}") from exc
-        except ServingError as exc:
-            with self._cond:
-                failed = self._core.fail(batch)
-                self._release(batch, caller)
-            for t in failed:
-                t.payload.reject(exc)
+                self._isolate(batch, error)
+            finally:
+                with self._cond:
+                    self._release(batch, caller)
             return
         now = self._clock()
         with self._cond:
             done = self._core.complete(batch, now)
             self._release(batch, caller)
+        self._answer(batch, done, started, now)
+
+    def _attempt(self, batch: Batch) -> ServingError | None:
+        """Run the model on ``batch`` and place its outputs; what went wrong, if anything."""
+        try:
+            outputs = run_backend(self._backend, self._assemble(batch), batch.padded_rows)
+            self._scatter(batch, outputs)
+        except ServingError as exc:
+            return exc
+        except Exception as exc:          # e.g. inner dims that do not concatenate
+            error = BackendError(f"batch failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            return error
+        return None
+
+    def _isolate(self, batch: Batch, error: ServingError) -> None:
+        """A batch failed: re-run its parts on this thread until only the culprits fail.
+
+        A request is only ever failed with the error of a batch that held its
+        rows alone, so no caller sees an error raised on another's data.
+        """
+        failures = [(batch, error)]
+        while failures:
+            failed, error = failures.pop()
+            with self._cond:
+                verdict = self._core.isolate(failed, self._clock())
+            if verdict.culprit is not None:
+                verdict.culprit.payload.reject(error)
+            for t in verdict.expired:
+                t.payload.reject(DeadlineExpired(
+                    "deadline passed while its batch, which another request made fail, "
+                    "was re-run"))
+            for part in verdict.retry:
+                started = self._clock()
+                part_error = self._attempt(part)
+                if part_error is not None:
+                    failures.append((part, part_error))
+                    continue
+                now = self._clock()
+                with self._cond:
+                    done = self._core.complete(part, now)
+                self._answer(part, done, started, now)
+
+    def _answer(self, batch: Batch, done: tuple[Ticket, ...], started: float,
+                now: float) -> None:
         self.stats.record_batch(batch.rows, batch.fill, batch.queue_delay, now - started)
         for t in done:
             self.stats.record_request(now - t.arrival)

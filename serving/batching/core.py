@@ -41,13 +41,23 @@ dispatch time):
 - With ``allowed_batch_sizes`` a batch is padded up to the next allowed size.
 - In SLO mode the batch limit comes from an AIMD controller fed by each
   completed batch.
+- A failed batch of several requests is cut in two and each half re-run
+  (:meth:`BatcherCore.isolate`), until every failure is a batch of one
+  request's rows: only that request fails, with its own error, and the
+  others get their results. Bisecting finds one culprit among n requests in
+  about 2 log2(n) extra runs of ever smaller batches (re-running each
+  request alone costs n runs, each paying the model's fixed cost per call);
+  when every request fails it costs 2n - 1 runs, under twice the cost of
+  running them unbatched. A request whose deadline passed is not re-run, and
+  a request split over batches fails as a whole.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from serving.batching.slo import AimdController
@@ -95,6 +105,7 @@ class Batch:
     formed_at: float
     queue_delay: float       # how long its oldest request waited
     solo: bool = False       # one request larger than max_batch_size: takes no slot
+    retry: bool = False      # part of a failed batch, re-run to find the culprit
 
     @property
     def fill(self) -> float:
@@ -111,6 +122,15 @@ class Poll:
     batch: Batch | None = None
     expired: tuple[Ticket, ...] = ()
     wake_at: float | None = None    # None: nothing to wait for until the next submit
+
+
+@dataclass(frozen=True, kw_only=True)
+class Isolation:
+    """What to do with a failed batch (see :meth:`BatcherCore.isolate`)."""
+
+    retry: tuple[Batch, ...] = ()         # run these; a failing one goes to isolate again
+    culprit: Ticket | None = None         # fails with the error of the batch it filled alone
+    expired: tuple[Ticket, ...] = ()      # deadline passed: fail as expired, do not re-run
 
 
 @dataclass(kw_only=True)
@@ -241,18 +261,54 @@ class BatcherCore:
             s.ticket.done += s.rows
             if s.ticket.done == s.ticket.rows and not s.ticket.expired:
                 finished.append(s.ticket)
-        if self.slo is not None and not batch.oversized:
+        # a retry is cut by a failure, not by load: no evidence of how large batches may grow
+        if self.slo is not None and not batch.oversized and not batch.retry:
             self.slo.observe(rows=batch.rows, latency_s=now - batch.formed_at)
         return tuple(finished)
 
     def fail(self, batch: Batch) -> tuple[Ticket, ...]:
         """A batch failed: its requests (not yet expired) fail; their queued rows are dropped."""
-        failed = {s.ticket for s in batch.slices if not s.ticket.expired}
-        for t in failed:
+        return self._remove(s.ticket for s in batch.slices)
+
+    def isolate(self, batch: Batch, now: float) -> Isolation:
+        """A batch failed: who fails, and what to re-run to find out.
+
+        A batch holding one request's rows alone convicts it (a request split
+        over batches fails as a whole: its queued rows are dropped). Any other
+        batch convicts nobody, since its error may come from any of its rows:
+        the requests still waiting (not expired, deadline not passed) are cut
+        in two halves, in arrival order, to re-run; one left alone is re-run
+        alone.
+        """
+        if len(batch.slices) == 1:
+            culprit = self._remove(s.ticket for s in batch.slices)
+            return Isolation(culprit=culprit[0] if culprit else None)
+        late = self._remove(s.ticket for s in batch.slices
+                            if s.ticket.deadline is not None and s.ticket.deadline <= now)
+        live = [s for s in batch.slices if not s.ticket.expired]
+        mid = (len(live) + 1) // 2
+        halves = tuple(self._reform(part, batch, now) for part in (live[:mid], live[mid:])
+                       if part)
+        return Isolation(retry=halves, expired=late)
+
+    def _reform(self, slices: list[Slice], failed: Batch, now: float) -> Batch:
+        out, rows = [], 0
+        for s in slices:
+            out.append(replace(s, offset=rows))
+            rows += s.rows
+        return Batch(id=next(self._batch_ids), slices=tuple(out), rows=rows,
+                     padded_rows=self._padded(rows), limit=failed.limit, formed_at=now,
+                     queue_delay=failed.queue_delay, solo=failed.solo, retry=True)
+
+    def _remove(self, tickets: Iterable[Ticket]) -> tuple[Ticket, ...]:
+        """Fail these requests (the expired ones excepted): drop their queued rows."""
+        gone = {t for t in tickets if not t.expired}
+        for t in gone:
             t.expired = True
             self._queued_rows -= t.rows - t.taken
-        self._queue = deque(t for t in self._queue if t not in failed)
-        return tuple(sorted(failed, key=lambda t: t.id))
+        if gone:
+            self._queue = deque(t for t in self._queue if t not in gone)
+        return tuple(sorted(gone, key=lambda t: t.id))
 
     def drain_all(self) -> tuple[Ticket, ...]:
         """Remove every queued request (shutdown); the caller fails them."""

@@ -17,9 +17,9 @@ from typing import Protocol
 
 import numpy as np
 
-from serving.backends import Backend
+from serving.backends import Backend, input_errors
 from serving.batching.stats import RollingStats
-from serving.errors import BackendError, DeadlineExpired, ServingError
+from serving.errors import BackendError, DeadlineExpired, InvalidInput, ServingError
 
 Arrays = dict[str, np.ndarray]
 
@@ -40,12 +40,17 @@ class Runner(Protocol):
 
 
 def run_backend(backend: Backend, inputs: Arrays, rows: int) -> Arrays:
-    """One model call; what the model raises becomes a BackendError, so do bad outputs."""
+    """One model call. What the model raises becomes InvalidInput (INVALID_ARGUMENT) when
+    the backend calls it the input's fault (:func:`~serving.backends.input_errors`), else
+    a BackendError (INTERNAL); so do bad outputs."""
     try:
         outputs = backend.predict(inputs)
     except ServingError:
         raise
     except Exception as exc:
+        if isinstance(exc, input_errors(backend)):
+            raise InvalidInput(f"the model rejected the input: {type(exc).__name__}: "
+                               f"{exc}") from exc
         raise BackendError(f"model raised {type(exc).__name__}: {exc}") from exc
     for name, arr in outputs.items():
         if arr.ndim == 0 or arr.shape[0] != rows:
