@@ -223,6 +223,12 @@ class StatusDoc:
         known = [v for m in self.models.values() if (v := getattr(m.latency_ms, which)) is not None]
         return max(known) if known else None
 
+    def busiest_fraction(self) -> float | None:
+        """The busiest model's batch-thread busy fraction over its window; None when none says."""
+        known = [m.window.busy_fraction for m in self.models.values()
+                 if m.window is not None and m.window.busy_fraction is not None]
+        return max(known) if known else None
+
     def queue_rows(self) -> int | None:
         """Rows queued over all models; None when no model reports its queue."""
         known = [m.queue_rows for m in self.models.values() if m.queue_rows is not None]

@@ -192,6 +192,15 @@ class WeightConfig:
       2.8%/s, so one 5 s status poll never moves the weight by more than the
       band holds, and halving a badly overloaded pod's weight takes ~25 s
       (clients' own in-flight and latency feedback covers the seconds before).
+      ``latency_busy_gate`` (0.8): a pod whose batch threads are busier than
+      this is slow because it is given more than it can do, which its measured
+      capacity corrects within seconds; latency over the target then shrinks
+      the weight less, down to not at all at 100 % busy (linear from the gate).
+      Without the gate the two fight: from equal priors at 80 % load on a
+      1:2:4 fleet, the slower pods' p99 exceeded the target while their
+      capacity was being measured, the integrator cut them to the floor, and
+      they needed ~100 s to climb back. A slow pod that is *not* busy (a
+      stalled disk, a bad host) is a health problem and feels the full factor.
     - ``queue_growth_scale_rows_per_s`` (1000): a queue growing by this many
       rows per second halves health. A ranking call carries 1-2k rows, so this is
       about one request every 1-2 s accumulating: clear overload, not noise.
@@ -220,6 +229,7 @@ class WeightConfig:
     latency_signal: str = "p99"
     latency_band: float = 0.3
     latency_gain_per_s: float = 0.02
+    latency_busy_gate: float = 0.8
     queue_growth_scale_rows_per_s: float = 1000.0
     error_rate_ok: float = 0.01
     error_rate_bad: float = 0.5
@@ -238,6 +248,9 @@ class WeightConfig:
         if self.latency_band >= 1:
             raise ConfigError("latency_band", "a fraction in [0, 1)", self.latency_band)
         _number("latency_gain_per_s", self.latency_gain_per_s, strict=True)
+        _fraction("latency_busy_gate", self.latency_busy_gate)
+        if self.latency_busy_gate >= 1:
+            raise ConfigError("latency_busy_gate", "a fraction in [0, 1)", self.latency_busy_gate)
         _number("queue_growth_scale_rows_per_s", self.queue_growth_scale_rows_per_s, strict=True)
         _fraction("error_rate_ok", self.error_rate_ok)
         _fraction("error_rate_bad", self.error_rate_bad, allow_zero=False)

@@ -97,6 +97,7 @@ class ServerReading:
             return ServerSample(ready=False, requests=self.requests, errors=self.errors)
         return ServerSample(ready=doc.routable, p99_ms=doc.worst_latency_ms("p99"),
                             ewma_ms=doc.worst_latency_ms("ewma"), queue_rows=_float(doc.queue_rows()),
+                            busy_fraction=doc.busiest_fraction(),
                             requests=self.requests, errors=self.errors)
 
 

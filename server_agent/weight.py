@@ -14,7 +14,10 @@ says so.
 - ``health`` is the product of three factors in (0, 1]. Latency: an
   integral controller on log(latency / target) -- it shrinks while latency is
   above the target, grows back while below ``(1 - latency_band)`` x target,
-  holds in between, and never leaves [floor, 1]. Queue growth
+  holds in between, and never leaves [floor, 1]. Over the target, the
+  shrink is scaled down when the server's batch threads are busier than
+  ``latency_busy_gate`` (an overloaded pod's capacity, not its health, is
+  what the weight must correct). Queue growth
   ``1 / (1 + growth / scale)`` for a growing queue, and errors, linear from 1
   at ``error_rate_ok`` to 0 at ``error_rate_bad``; these two are smoothed by a
   time-based EWMA (samples may come at any interval). A sample from a server
@@ -75,6 +78,7 @@ class ServerSample:
     queue_rows: float | None = None
     requests: int | None = None
     errors: int | None = None
+    busy_fraction: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +149,8 @@ class WeightController:
             self._log_latency_health = min(0.0, max(
                 math.log(cfg.floor_fraction),
                 self._log_latency_health
-                - cfg.latency_gain_per_s * min(dt, MAX_STEP_S) * self._latency_error(latency_ms)))
+                - cfg.latency_gain_per_s * min(dt, MAX_STEP_S) * self._latency_error(latency_ms)
+                * self._busy_gate(sample.busy_fraction, latency_ms)))
         h_lat = math.exp(self._log_latency_health)
         h_queue = 1.0
         if prev is not None and dt > 0 and sample.queue_rows is not None and prev.queue_rows is not None:
@@ -162,6 +167,13 @@ class WeightController:
         self._other += alpha * (other - self._other)
         self._raw, self._last_sample, self._last_time = raw, sample, max(now, self._last_time)
         return raw
+
+    def _busy_gate(self, busy: float | None, latency_ms: float) -> float:
+        """1 below the gate (or recovering, or busy unknown), falling to 0 at 100 % busy."""
+        gate = self.config.latency_busy_gate
+        if busy is None or latency_ms <= self.config.latency_target_ms or busy <= gate:
+            return 1.0
+        return max(0.0, (1.0 - busy) / (1.0 - gate))
 
     def _latency_error(self, latency_ms: float) -> float:
         """log(latency / target) above the target, log(latency / band edge) below the band, else 0.

@@ -52,6 +52,18 @@ def test_weight_falls_while_latency_exceeds_its_target_then_holds_then_recovers(
     assert ctl.weight(790) == 10.0
 
 
+@pytest.mark.parametrize(("busy", "shrinks_to"), [(None, 0.25), (0.5, 0.25), (0.9, 0.55), (1.0, 1.0)])
+def test_a_busy_pods_latency_is_left_to_its_capacity(busy, shrinks_to):
+    """Over the target: the full shrink when the pod is not busy (health), none when it is saturated
+    (it is given more than it can do: the measured capacity corrects that, not health)."""
+    ctl = WeightController(capacity_score=10.0, now=0.0)
+    run(ctl, ServerSample(p99_ms=300.0, busy_fraction=busy), 0, 60)
+    assert ctl.weight(60) / 10.0 == pytest.approx(shrinks_to, abs=0.08)
+    # Recovery is not gated: a busy pod under its band grows back as any other.
+    run(ctl, ServerSample(p99_ms=20.0, busy_fraction=1.0), 60, 600)
+    assert ctl.weight(660) == 10.0
+
+
 def test_one_absurd_sample_moves_the_weight_a_little():
     ctl = WeightController(capacity_score=10.0, now=0.0)
     run(ctl, HEALTHY, 0, 30)
@@ -232,7 +244,7 @@ def test_sample_from_serving_status():
 @pytest.mark.parametrize("bad", [
     {"latency_target_ms": 0}, {"latency_signal": "p50"}, {"latency_band": 1.0}, {"floor_fraction": 0},
     {"max_fraction": 0.01}, {"error_rate_bad": 0.005}, {"publish_threshold": -0.1}, {"max_interval_s": 0},
-    {"ramp_s": float("inf")},
+    {"ramp_s": float("inf")}, {"latency_busy_gate": 1.0}, {"latency_busy_gate": -0.1},
 ])
 def test_weight_config_validation(bad):
     with pytest.raises(ConfigError):
