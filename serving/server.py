@@ -36,6 +36,11 @@ log = logging.getLogger("serving.server")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
+# What counts as an error in the load report's ``eps`` (what ``orca_wrr`` penalises): the pod's own
+# failures and refusals, never a caller's mistake (INVALID_ARGUMENT, NOT_FOUND, ...).
+POD_ERRORS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN})
+
 
 class _InFlight:
     """Counts calls in progress; refuses new ones once draining; lets drain wait for zero."""
@@ -107,6 +112,9 @@ class InferenceService:
             self._report(context, used)
             context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
         finally:
+            if code in POD_ERRORS:
+                for lv in used:
+                    lv.runner.stats.record_error()
             for lv in used:
                 lv.release()
             self._in_flight.leave()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+import pytest
+
 from protocol import wire
 from serving.loadcache import ReportCache
 from serving.reports import CpuMeter
@@ -63,3 +65,16 @@ def test_a_new_snapshot_is_a_new_report():
     snaps[0] = MappingProxyType({"a": MappingProxyType({1: a}), "b": MappingProxyType({1: b})})
     report = wire.load_report_from_metadata(cache.metadata([], in_flight=0))
     assert report.named_metrics["ewma_latency_ms"] == 10.0      # mean over both models, not cached
+
+
+def test_errors_per_second_are_orca_eps():
+    now = [100.0]
+    lv = Version("m", lambda: now[0])
+    snap = MappingProxyType({"m": MappingProxyType({1: lv})})
+    cache = ReportCache(lambda: snap, max_age_s=0.01, cpu=CpuMeter(), clock=lambda: now[0])
+    assert wire.load_report_from_metadata(cache.metadata([lv], in_flight=0)).eps == 0.0
+    now[0] += 20.0                                     # a runner older than its window
+    for _ in range(50):
+        lv.runner.stats.record_error()
+    report = wire.load_report_from_metadata(cache.metadata([lv], in_flight=0))
+    assert report.eps == pytest.approx(5.0, rel=0.06)  # 50 in the window (9.5-10 s: half-second slices)

@@ -93,6 +93,8 @@ def test_bad_requests_get_actionable_errors_and_the_server_stays_healthy(
         assert err.value.code() == code
         assert err.value.details() and __import__("re").search(match, err.value.details())
         assert load_report(err.value).named_metrics["in_flight"] >= 1
+        assert all(vs[v].runner.stats.window().errors == 0  # a caller's mistake is not the pod's error
+                   for vs in server.manager.snapshot.values() for v in vs)
         assert_healthy(c)
 
 
@@ -143,6 +145,7 @@ def test_full_queue_fails_fast_with_resource_exhausted(repo, client_for):
             c.predict(model="aff", inputs={"x": x(1)})
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "queue full" in err.value.details()
+        assert server.manager.snapshot["aff"][1].runner.stats.window().errors == 1  # the load report's eps
         model.gate.set()
         assert wire.decode_response(call.result(10)).outputs()["y"].shape == (1, 3)
         assert wire.decode_response(queued.result(10)).outputs()["y"].shape == (2, 3)
