@@ -7,9 +7,16 @@ reconciles until the node matches, whatever happens to the session:
 - SUSPENDED: the server still holds the node; nothing to do, writes wait.
 - LOST (session expired): the node is gone, or will be once the server
   notices; as soon as a new session exists the worker creates it again.
-- A node with our path but another ``ephemeralOwner`` is the old session's
-  node lingering for up to the session timeout (or a duplicate id): it is
-  deleted and re-created under our session, never left to a NodeExistsError.
+- A node with our path but another ``ephemeralOwner`` that names our
+  endpoint is the old session's node lingering for up to the session timeout:
+  it is deleted and re-created under our session, never left to a
+  NodeExistsError. One that names *another* endpoint belongs to another live
+  instance using the same id: it is never touched. The conflict is logged
+  once, shown in :attr:`Publisher.conflict` and :attr:`Publisher.problem`,
+  and the worker retries with back-off (and at once when that node goes).
+- ZooKeeper that lost its data refuses our session for good: the shared
+  :class:`~registry.session.SessionMonitor` restarts the client with a fresh
+  session and the node is written again (``PublisherConfig.recovery``).
 
 The kazoo listener and the watch on our own node only set an event: nothing
 blocks inside kazoo's callbacks. ``drain`` is a ``setData`` (no
@@ -22,7 +29,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
@@ -30,43 +36,14 @@ from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, N
 from kazoo.security import ACL
 
 from .errors import NotRegistered, PublisherClosed, RecordError
+from .publishing import FAILURES_BEFORE_PROBLEM, InstanceIdConflict, PublisherConfig, PublisherStats
 from .records import InstanceRecord, State, decode_instance, encode_instance
+from .session import SessionMonitor
 from .zk import RegistryPaths
 
-__all__ = ["Publisher", "PublisherConfig", "PublisherStats"]
+__all__ = ["InstanceIdConflict", "Publisher", "PublisherConfig", "PublisherStats"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class PublisherConfig:
-    """``verify_interval_s``: how often the worker re-reads its node even without
-    events (a safety net; the exists-watch on the node catches deletions at once).
-    ``retry_delay_s`` / ``max_retry_delay_s``: back-off after a failed write."""
-
-    verify_interval_s: float = 60.0
-    retry_delay_s: float = 0.1
-    max_retry_delay_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.verify_interval_s <= 0 or self.retry_delay_s <= 0:
-            raise ValueError("intervals must be positive")
-        if self.max_retry_delay_s < self.retry_delay_s:
-            raise ValueError("max_retry_delay_s must be >= retry_delay_s")
-
-
-@dataclass
-class PublisherStats:
-    creates: int = 0
-    sets: int = 0
-    deletes: int = 0
-    stale_replaced: int = 0
-    failures: int = 0
-    last_error: str = ""
-
-    @property
-    def writes(self) -> int:
-        return self.creates + self.sets + self.deletes
 
 
 class Publisher:
@@ -98,6 +75,8 @@ class Publisher:
         self._closed = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._monitor: SessionMonitor | None = None
+        self._conflict: InstanceIdConflict | None = None
         self.stats = PublisherStats()
 
     # -- intent ----------------------------------------------------------------
@@ -167,6 +146,9 @@ class Publisher:
         self._client.remove_listener(self._on_state)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        if self._monitor is not None:
+            self._monitor.release()
+            self._monitor = None
 
     def __enter__(self) -> Publisher:
         self.register()
@@ -182,6 +164,26 @@ class Publisher:
         """True when ZooKeeper holds exactly our intent under the current session."""
         with self._cond:
             return self._is_synced()
+
+    @property
+    def conflict(self) -> str | None:
+        """Why our node cannot be written: another live instance holds our id (None when clear)."""
+        c = self._conflict
+        return None if c is None else str(c)
+
+    @property
+    def problem(self) -> str | None:
+        """An id conflict, or the last error once writes keep failing; None while all is well."""
+        if self._conflict is not None:
+            return str(self._conflict)
+        if self.stats.consecutive_failures >= FAILURES_BEFORE_PROBLEM:
+            return f"{self.stats.consecutive_failures} writes failed in a row: {self.stats.last_error}"
+        return None
+
+    @property
+    def session(self) -> SessionMonitor | None:
+        """The client's session monitor (registry state), once registered with ``recovery`` on."""
+        return self._monitor
 
     def wait_synced(self, timeout: float | None = 10.0) -> bool:
         with self._cond:
@@ -211,6 +213,8 @@ class Publisher:
             if self._thread is not None:
                 return
             self._client.add_listener(self._on_state)
+            if self._config.recovery is not None:
+                self._monitor = SessionMonitor.acquire(self._client, self._config.recovery)
             self._thread = threading.Thread(
                 target=self._run, name=f"wei-publisher-{self._record.id}", daemon=True
             )
@@ -239,12 +243,18 @@ class Publisher:
             try:
                 self._reconcile()
                 delay = self._config.retry_delay_s
+                self.stats.consecutive_failures = 0
+                self._clear_conflict()
             except Exception as e:  # the worker must outlive any single failure
                 self.stats.failures += 1
+                self.stats.consecutive_failures += 1
                 self.stats.last_error = f"{type(e).__name__}: {e}"
-                expected = isinstance(e, KazooException | ZookeeperError | OSError)
-                log.log(logging.WARNING if expected else logging.ERROR, "publisher %s: %s; retrying in %.2fs",
-                        self._path, self.stats.last_error, delay, exc_info=not expected)
+                if isinstance(e, InstanceIdConflict):
+                    self._on_conflict(e)
+                else:
+                    expected = isinstance(e, KazooException | ZookeeperError | OSError)
+                    log.log(logging.WARNING if expected else logging.ERROR, "publisher %s: %s; retrying in %.2fs",
+                            self._path, self.stats.last_error, delay, exc_info=not expected)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, self._config.max_retry_delay_s)
                 self._wake.set()
@@ -287,7 +297,7 @@ class Publisher:
         except NoNodeError:
             current, stat = None, None
         if stat is not None and stat.ephemeralOwner != session_id:
-            self._replace_stale(stat.ephemeralOwner)
+            self._replace_stale(stat.ephemeralOwner, current)
             stat = None
         if stat is None:
             try:
@@ -301,18 +311,41 @@ class Publisher:
             c.set(self._path, data, version=stat.version)
             self.stats.sets += 1
 
-    def _replace_stale(self, owner: int) -> None:
+    def _replace_stale(self, owner: int, data: bytes | None) -> None:
+        """Delete a node of another session, unless it is another live instance's (then raise).
+
+        A node that names our endpoint is our own from an older session (or a
+        crashed predecessor at the same address); one that decodes to no record
+        serves no reader. The node exists, so its session is live: one that names
+        another endpoint is a second instance with our id, and is left alone.
+        """
         try:
-            old, _ = self._client.get(self._path)
-            if not self._same_endpoint(old):
-                log.error("publisher %s: replacing a node of session %#x that names another "
-                          "endpoint: is the instance id %r used twice?", self._path, owner, self._record.id)
+            theirs = decode_instance(data).endpoint
+        except RecordError:
+            theirs = None
+        if theirs is not None and theirs != self._record.endpoint:
+            raise InstanceIdConflict(self._path, owner, theirs, self._record.endpoint)
+        try:
             self._client.delete(self._path)
             self.stats.deletes += 1
             self.stats.stale_replaced += 1
             log.info("publisher %s: replaced stale node of session %#x", self._path, owner)
         except NoNodeError:
             pass
+
+    def _on_conflict(self, e: InstanceIdConflict) -> None:
+        with self._cond:
+            self._verify = True
+            new = self._conflict is None or self._conflict.owner != e.owner
+            self._conflict = e
+        if new:
+            self.stats.conflicts += 1
+            log.error("publisher %s", e)
+
+    def _clear_conflict(self) -> None:
+        if self._conflict is not None:
+            log.warning("publisher %s: the other instance's node is gone; ours is written", self._path)
+            self._conflict = None
 
     def _same_endpoint(self, data: bytes | None) -> bool:
         try:

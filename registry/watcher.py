@@ -17,7 +17,11 @@ How it stays correct with one-shot watches:
 - bad nodes are skipped and counted (``snapshot.rejected``), never raised;
 - while ZooKeeper is unreachable the last good snapshot stays, marked stale;
 - each good snapshot is written atomically to ``snapshot_file``; at start,
-  when ZooKeeper is unreachable, the watcher serves that file's members.
+  when ZooKeeper is unreachable, the watcher serves that file's members;
+- when ZooKeeper lost its data and refuses the client's session, the shared
+  :class:`~registry.session.SessionMonitor` restarts the client with a fresh
+  session (``WatcherConfig.recovery``); meanwhile the last good snapshot
+  stays, marked stale, and after the restart everything is read again.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from ._loop import WatchLoop
 from .errors import RecordError
 from .membership import MembershipReducer, MembershipSnapshot, Observation, Protection, ReducerState
 from .records import InstanceRecord, decode_member, instance_from_json, instance_to_json
+from .session import RecoveryConfig, SessionMonitor, SessionStatus
 from .zk import RegistryPaths
 
 __all__ = ["MembershipWatcher", "WatcherConfig", "load_snapshot_file", "write_snapshot_file"]
@@ -50,9 +55,13 @@ FILE_FORMAT = "weiserving.membership/1"
 
 @dataclass(frozen=True, kw_only=True)
 class WatcherConfig:
+    """``recovery``: when the client's session monitor restarts a client that
+    ZooKeeper refuses (see :mod:`registry.session`; None: never)."""
+
     protection: Protection = field(default_factory=Protection)
     snapshot_file: Path | None = None
     read_timeout_s: float = 10.0
+    recovery: RecoveryConfig | None = field(default_factory=RecoveryConfig)
 
     def __post_init__(self) -> None:
         if self.snapshot_file is not None:
@@ -71,6 +80,7 @@ class MembershipWatcher(WatchLoop[MembershipSnapshot]):
         self._state: ReducerState = self._reducer.initial()
         self._members: dict[str, InstanceRecord] = {}
         self._rejected: dict[str, str] = {}
+        self._monitor: SessionMonitor | None = None
         self.rejected_total = 0
 
     # -- public ------------------------------------------------------------------
@@ -87,6 +97,8 @@ class MembershipWatcher(WatchLoop[MembershipSnapshot]):
         Without one in time it logs a warning and keeps trying in the background:
         ``snapshot.source`` stays ``"empty"`` until data arrives.
         """
+        if self._monitor is None and self.config.recovery is not None:
+            self._monitor = SessionMonitor.acquire(self._client, self.config.recovery)
         self._start_loop()
         if timeout is not None:
             try:
@@ -97,8 +109,17 @@ class MembershipWatcher(WatchLoop[MembershipSnapshot]):
 
     def close(self) -> None:
         self._stop_loop()
+        if self._monitor is not None:
+            self._monitor.release()
+            self._monitor = None
         with self._cond:
             self._cond.notify_all()
+
+    @property
+    def registry_state(self) -> SessionStatus | None:
+        """The client's registry state (connected, suspended, lost, reconnecting-fresh); None without recovery."""
+        m = self._monitor
+        return m.status if m is not None else None
 
     def __enter__(self) -> MembershipWatcher:
         return self.start()

@@ -126,6 +126,28 @@ class ZooKeeperEnsemble:
         if wait:
             self.wait_serving([member])
 
+    def wipe(self, member: Member | None = None, *, wait: bool = True) -> None:
+        """Lose the data: SIGKILL a member (default: every one), empty its data directory, start it again.
+
+        What a redeploy without persistent volumes does: the same addresses answer
+        with an empty tree and a zxid that starts over, so a client that has seen
+        a newer zxid is refused by the server (ZooKeeper's guard against going
+        back in time) and every session and node is gone.
+        """
+        members = [member] if member is not None else list(self.members)
+        for m in members:
+            self._terminate(m, sig=signal.SIGKILL)
+        for m in members:
+            data = m.directory / "data"
+            shutil.rmtree(data, ignore_errors=True)
+            data.mkdir(parents=True)
+            if self.size > 1:
+                (data / "myid").write_text(f"{m.myid}\n")
+        for m in members:
+            self._spawn(m)
+        if wait:
+            self.wait_serving(members)
+
     def stop_all_members(self) -> None:
         """Stop every member but keep ports and data so :meth:`restart_all` can bring them back."""
         for m in self.members:
