@@ -39,6 +39,7 @@ from kazoo.client import KazooClient
 
 from registry.publisher import Publisher
 from registry.records import Capacity, InstanceRecord, State, instance_to_json
+from registry.session import SessionMonitor
 from registry.zk import connect
 
 from .capacity import CapacityReport, calibrate, detect_capacity
@@ -73,6 +74,7 @@ class Agent:
         self._handlers = dict(handlers) if handlers is not None else build_handlers(config)
         self._zk = zk_client
         self._owns_zk = zk_client is None
+        self._session: SessionMonitor | None = None  # the registry state; restarts a client ZooKeeper refuses
         self._life = Lifecycle()
         self._publisher: Publisher | None = None
         self._ctl: WeightController | None = None
@@ -116,6 +118,8 @@ class Agent:
             self._ctl = WeightController(cfg.weight, capacity_score=prior, now=now)
             if self._zk is None:
                 self._zk = connect(cfg.zk, wait=False)
+            if cfg.publisher.recovery is not None:
+                self._session = SessionMonitor.acquire(self._zk, cfg.publisher.recovery)
             self._publish_view(now)
             self._thread = threading.Thread(target=self._run, name="wei-agent", daemon=True)
             self._thread.start()
@@ -144,6 +148,9 @@ class Agent:
         if self._thread is not None:
             self.force()
             self._thread.join(15)
+        if self._session is not None:
+            self._session.release()
+            self._session = None
         if self._owns_zk and self._zk is not None:
             self._zk.stop()
             self._zk.close()
@@ -369,6 +376,8 @@ class Agent:
             health=ctl.last_health, health_factor=ctl.health, ramp=ctl.ramp(now), server=self._reading,
             estimator=self._estimator,
             zk_connected=bool(self._zk is not None and self._zk.connected),
+            registry=self._session.status if self._session is not None else None,
+            registration_problem=pub.problem if pub is not None and self._life.phase.registered else None,
             zk_writes=pub.stats.writes if pub is not None else 0, weight_publishes=ctl.publishes,
             probe_results=dict(self._counts), heartbeat=now, last_transition=self._last_transition,
             shutdown_requested=self._shutdown.is_set(), forced=self._force.is_set(),

@@ -27,16 +27,8 @@ from registry.zk import ZkSettings
 from .errors import ConfigError
 from .estimator import EstimatorConfig
 
-__all__ = [
-    "AgentConfig",
-    "CalibrationConfig",
-    "CapacityConfig",
-    "DEFAULT_GPU_COMMAND",
-    "PluginConfig",
-    "ProbeSpec",
-    "WeightConfig",
-    "split_target",
-]
+__all__ = ["AgentConfig", "CalibrationConfig", "CapacityConfig", "DEFAULT_GPU_COMMAND", "PluginConfig", "ProbeSpec",
+           "WeightConfig", "default_instance_id", "split_target"]
 
 
 def _number(name: str, value: object, *, minimum: float = 0.0, strict: bool = False) -> float:
@@ -275,8 +267,10 @@ def split_target(target: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _default_instance_id() -> str:
-    return socket.gethostname().split(".")[0] or "instance"
+def default_instance_id(port: int) -> str:
+    """``{host name}-{advertised port}``: unique per endpoint on a host, so two agents on one
+    machine never share an id (in Kubernetes the CLI passes the pod name instead)."""
+    return f"{socket.gethostname().split('.')[0] or 'instance'}-{port}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -319,7 +313,7 @@ class AgentConfig:
     service: str
     target: str
     zk: ZkSettings = field(default_factory=ZkSettings)
-    instance_id: str = field(default_factory=_default_instance_id)
+    instance_id: str = ""  # "": default_instance_id(port), the host name and the advertised port
     address: str | None = None  # advertised; None: the target's host, or this host's IP for a wildcard
     port: int | None = None  # advertised; None: the target's port
     zone: str = ""
@@ -344,17 +338,19 @@ class AgentConfig:
     publisher: PublisherConfig = field(default_factory=PublisherConfig)
 
     def __post_init__(self) -> None:
-        try:
-            check_name("service", self.service)
-            check_name("instance_id", self.instance_id)
-        except ValueError as e:
-            raise ConfigError("service/instance_id", "1-128 of [A-Za-z0-9._-]", str(e)) from None
         host, port = split_target(self.target)
         if self.address is None:
             advertised = host if host not in ("0.0.0.0", "::", "") else _own_ip()
             object.__setattr__(self, "address", advertised)
         if self.port is None:
             object.__setattr__(self, "port", port)
+        if not self.instance_id:
+            object.__setattr__(self, "instance_id", default_instance_id(self.port))  # type: ignore[arg-type]
+        try:
+            check_name("service", self.service)
+            check_name("instance_id", self.instance_id)
+        except ValueError as e:
+            raise ConfigError("service/instance_id", "1-128 of [A-Za-z0-9._-]", str(e)) from None
         if self.status_url is not None:
             u = urlsplit(self.status_url)
             if u.scheme not in ("http", "https") or not u.hostname:

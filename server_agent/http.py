@@ -3,7 +3,10 @@
 ==============  ==================================================================
 ``/healthz``    200 while the agent's loop runs and the server's liveness probe
                 is not failing; 503 with the reason otherwise (kubelet liveness)
-``/readyz``     200 while startup and readiness pass and no shutdown is under way
+``/readyz``     200 while startup and readiness pass, no shutdown is under way and,
+                once registered, the record can be written: 503 while ZooKeeper's
+                session is lost or being replaced (``reconnecting-fresh``), or
+                another live instance holds our id, or writes keep failing
 ``/startupz``   200 once the startup probe has passed
 ``/livez``      200 while the agent's own loop runs (the agent container's liveness)
 ``/metrics``    Prometheus text: weight, capacity, health, probe results,
@@ -29,6 +32,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from registry.session import RegistryState
+
 from .lifecycle import Phase
 from .probes import ProbeKind, ProbeState
 
@@ -40,6 +45,11 @@ __all__ = ["AgentHttp", "verdict"]
 
 STALE_LOOP_S = 30.0
 """/healthz fails when the loop has not stepped for this long (a probe handler stuck past every timeout)."""
+
+
+UNREGISTERED_STATES = (RegistryState.LOST, RegistryState.RECONNECTING_FRESH)
+"""Registry states in which our node is gone until a new session writes it (SUSPENDED: the
+session, and the node, may still live, and clients keep routing on their snapshots)."""
 
 
 def verdict(view: AgentView, kind: str, now: float) -> tuple[bool, str]:
@@ -73,12 +83,18 @@ def _verdict(view: AgentView, kind: str, now: float) -> tuple[bool, str]:
             return False, f"readiness failing: {view.reason(ProbeKind.READINESS) or 'no result yet'}"
         if not e.alive:
             return False, f"liveness failing: {view.reason(ProbeKind.LIVENESS)}"
+        if view.phase.registered:
+            if view.registration_problem:
+                return False, f"not registered in ZooKeeper: {view.registration_problem}"
+            reg = view.registry
+            if reg is not None and reg.state in UNREGISTERED_STATES:
+                return False, f"not registered in ZooKeeper: registry {reg}"
         return True, f"ready ({view.phase}, weight {view.weight:g})"
     raise ValueError(kind)
 
 
 def agent_status(view: AgentView, now: float) -> dict[str, Any]:
-    srv = view.server
+    srv, reg = view.server, view.registry
     return {
         "phase": str(view.phase),
         "verdicts": {k: dict(zip(("ok", "reason"), verdict(view, k, now), strict=True))
@@ -95,7 +111,9 @@ def agent_status(view: AgentView, now: float) -> dict[str, Any]:
                      "notes": list(view.capacity.notes)},
         "server": {"in_flight": srv.in_flight if srv else None, "reachable": bool(srv and srv.status is not None),
                    "problem": srv.problem if srv else None},
-        "zookeeper": {"connected": view.zk_connected, "writes": view.zk_writes},
+        "zookeeper": {"connected": view.zk_connected, "writes": view.zk_writes,
+                      "state": str(reg.state) if reg else None, "detail": reg.detail if reg else None,
+                      "fresh_restarts": reg.fresh_restarts if reg else 0, "problem": view.registration_problem},
         "weight_publishes": view.weight_publishes, "last_transition": view.last_transition,
         "shutdown_requested": view.shutdown_requested, "record": dict(view.record),
     }
@@ -141,6 +159,15 @@ class _Collector(Collector):
                                   value=v.weight_publishes)
         yield CounterMetricFamily("wei_agent_zk_writes", "ZooKeeper writes (create, set, delete)", value=v.zk_writes)
         yield g("wei_agent_zk_connected", "1 while the ZooKeeper session is connected", value=float(v.zk_connected))
+        state = g("wei_agent_registry_state", "1 for the registry connection's state now", labels=["state"])
+        for rs in RegistryState:
+            state.add_metric([str(rs)], 1.0 if v.registry is not None and v.registry.state is rs else 0.0)
+        yield state
+        yield CounterMetricFamily("wei_agent_registry_fresh_restarts", "ZooKeeper client restarts with a fresh "
+                                  "session because ZooKeeper refused ours (it lost its data)",
+                                  value=v.registry.fresh_restarts if v.registry is not None else 0)
+        yield g("wei_agent_registration_problem", "1 while registered but the node cannot be written "
+                "(instance id used twice, failing writes)", value=float(v.registration_problem is not None))
         in_flight = v.server.in_flight if v.server is not None else None
         yield g("wei_agent_server_in_flight", "Requests in flight on the model server (-1 unknown)",
                 value=-1.0 if in_flight is None else float(in_flight))

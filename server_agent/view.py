@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from registry.session import SessionStatus
+
 from .capacity import CapacityReport
 from .estimator import CapacityEstimator
 from .lifecycle import Phase
@@ -42,6 +44,8 @@ class AgentView:
     shutdown_requested: bool = False
     forced: bool = False
     record: Mapping[str, Any] = field(default_factory=dict)
+    registry: SessionStatus | None = None  # connected / suspended / lost / reconnecting-fresh
+    registration_problem: str | None = None  # registered, but the node cannot be written (id conflict, errors)
 
     def reason(self, kind: ProbeKind) -> str:
         for p in self.engine.probes:
