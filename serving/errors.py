@@ -2,7 +2,10 @@
 
 Each error carries the gRPC status code it maps to, so the service layer
 translates errors once, at the boundary (``ServingError.code``), and the
-message is written for the person who has to act on it.
+message is written for the person who has to act on it. A message travels
+as the gRPC status message, in trailing metadata that clients refuse beyond
+16 KiB (gRPC's hard limit, counted percent-encoded); :func:`status_message`
+keeps it well under that, saying how much was cut.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ class InvalidInput(ServingError, ValueError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class RowLimitExceeded(InvalidInput):
+    """A request with more rows than the model's batch queue holds: it could never be admitted,
+    on this pod or (with the same model config) on any other, so it is the caller's to split,
+    not a reason to retry elsewhere (RESOURCE_EXHAUSTED would say that, and blame the pod)."""
+
+
 class Overloaded(ServingError):
     """The batch queue is full or the payload too large: retry on another endpoint."""
 
@@ -62,3 +71,29 @@ class BackendError(ServingError):
     """The model itself raised while running a batch."""
 
     code = grpc.StatusCode.INTERNAL
+
+
+MAX_STATUS_BYTES = 4096
+
+
+def status_message(text: str, limit: int = MAX_STATUS_BYTES) -> str:
+    """``text`` cut so that it is at most ``limit`` bytes as gRPC sends it (percent-encoded
+    UTF-8: printable ASCII but ``%`` one byte, anything else three per byte), with a marker
+    saying how many characters were cut. Lone surrogates (unencodable) become ``?``."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if len(text) <= limit and sum(map(_sent_size, text)) <= limit:  # a char is at least one byte
+        return text
+    budget = limit - len(f"... ({len(text)} more characters)")  # the marker at its longest
+    size = kept = 0
+    for ch in text:
+        size += _sent_size(ch)
+        if size > budget:
+            break
+        kept += 1
+    return f"{text[:kept]}... ({len(text) - kept} more characters)"
+
+
+def _sent_size(ch: str) -> int:
+    if " " <= ch <= "~" and ch != "%":
+        return 1
+    return 3 * len(ch.encode("utf-8"))

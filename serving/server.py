@@ -25,7 +25,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from protocol import wire
 from protocol.status import StatusDoc
 from serving.config import ServerConfig
-from serving.errors import DeadlineExpired, Draining, InvalidInput, ModelNotFound, ServingError
+from serving.errors import (
+    DeadlineExpired,
+    Draining,
+    InvalidInput,
+    ModelNotFound,
+    RowLimitExceeded,
+    ServingError,
+    status_message,
+)
 from serving.http import StatusHttp
 from serving.loadcache import ReportCache
 from serving.metrics import ServerMetrics
@@ -99,18 +107,18 @@ class InferenceService:
             self._in_flight.enter()
         except Draining as exc:
             self._report(context, used)
-            context.abort(exc.code, str(exc))
+            _abort(context, exc.code, str(exc))
         try:
             return self._predict(self._decode(request), context, used, start)
         except ServingError as exc:
             code = exc.code
             self._report(context, used)
-            context.abort(exc.code, str(exc))
+            _abort(context, exc.code, str(exc))
         except Exception as exc:   # a bug, not the caller's fault: log it, answer INTERNAL
             code = grpc.StatusCode.INTERNAL
             log.exception("Predict failed")
             self._report(context, used)
-            context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
+            _abort(context, code, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             if code in POD_ERRORS:
                 for lv in used:
@@ -138,6 +146,8 @@ class InferenceService:
             used.append(self._manager.acquire(model, version))
         checked = [(lv, lv.signature.validate(req.inputs, lv.model),
                     lv.signature.check_outputs(req.outputs, lv.model)) for lv in used]
+        for lv, rows, _ in checked:
+            _check_row_limit(lv, rows)
         # every model but the last goes to its batch threads; the last runs on this thread,
         # which a single-model call (the common case) then never leaves while a slot is free
         others = [(lv, names, lv.runner.submit(req.inputs, rows, deadline))
@@ -175,7 +185,22 @@ class InferenceService:
             return wire.encode_metadata_response({m: describe_model(snap, m) for m in names})
         except ServingError as exc:
             self._report(context, [])
-            context.abort(exc.code, str(exc))
+            _abort(context, exc.code, str(exc))
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+    """The one place a call ends in an error: the message cut to what every client accepts."""
+    context.abort(code, status_message(message))
+
+
+def _check_row_limit(lv: LoadedVersion, rows: int) -> None:
+    """A request larger than the batch queue can hold would never be admitted: the caller's to split."""
+    b = lv.config.batching
+    if b.enabled and rows > b.max_queued_rows:
+        raise RowLimitExceeded(
+            f"model {lv.model!r}: the request has {rows} rows, over this model's limit of {b.max_queued_rows} "
+            f"rows per request (max_enqueued_batches {b.max_enqueued_batches} x max_batch_size "
+            f"{b.max_batch_size}); split it into calls of at most {b.max_queued_rows} rows")
 
 
 def describe_model(snap: LoadedModels, model: str) -> dict[str, Any]:
