@@ -16,7 +16,11 @@ The rules:
   a caller's error (:data:`CALLER_ERRORS`) ends the call at once, spends no
   budget and is not the pod's fault; a :data:`RETRYABLE` failure is retried
   on an instance not tried yet; any other code (DEADLINE_EXCEEDED, INTERNAL)
-  ends the call;
+  ends the call. Two names are ours, not gRPC's: :data:`MALFORMED` (a reply
+  that does not decode) and :data:`TOO_LARGE` (:func:`code_name`: gRPC's own
+  message-size check answers RESOURCE_EXHAUSTED, the code of an overloaded
+  pod, but another pod has the same limit: the request is the caller's to
+  shrink);
 - before a retry the stop strategy (:mod:`weiclient.retry`) is asked: attempts, then the
   deadline, then the retry budget, so the budget is spent only on a retry
   that is made;
@@ -46,21 +50,38 @@ from .errors import (
     NoEndpointAvailable,
     RequestError,
     RequestFailed,
+    RequestTooLarge,
 )
 from .retry import RetryPolicy, RetryState, StopAtDeadline
 
 __all__ = [
-    "CALLER_ERRORS", "MALFORMED", "RETRYABLE", "WAIT", "Answered", "AttemptController", "Decision", "Failed",
-    "GiveUp", "Hedge", "Kind", "Outcome", "Plan", "Return", "Send", "Sleep", "Wait", "blames_endpoint", "classify",
+    "CALLER_ERRORS", "MALFORMED", "RETRYABLE", "TOO_LARGE", "WAIT", "Answered", "AttemptController", "Decision",
+    "Failed", "GiveUp", "Hedge", "Kind", "Outcome", "Plan", "Return", "Send", "Sleep", "Wait", "blames_endpoint",
+    "classify", "code_name",
 ]
 
 # -- classification: status-code names, one table ---------------------------------------------------
 
 MALFORMED = "MALFORMED_RESPONSE"  # not a gRPC code: the reply could not be decoded
+TOO_LARGE = "MESSAGE_TOO_LARGE"  # not a gRPC code: gRPC's message-size check refused (see code_name)
 CALLER_ERRORS: Mapping[str, type[RequestError]] = MappingProxyType({
     "INVALID_ARGUMENT": InvalidInput, "NOT_FOUND": ModelNotFound,
-    "FAILED_PRECONDITION": InvalidInput, "OUT_OF_RANGE": InvalidInput,
+    "FAILED_PRECONDITION": InvalidInput, "OUT_OF_RANGE": InvalidInput, TOO_LARGE: RequestTooLarge,
 })
+_HINTS = MappingProxyType({
+    TOO_LARGE: "over a gRPC message size limit (the server's max_message_bytes for the request, this "
+               "client's ChannelConfig.max_message_bytes for the answer); send fewer rows per call "
+               "(predict(..., split=True) scatters them)",
+})
+_SIZE_CHECK = "message larger than max"  # gRPC core's text: "Sent|Received message larger than max (N vs. M)"
+
+
+def code_name(code: str, message: str) -> str:
+    """The name an outcome is classified by: the gRPC code's, except that gRPC's own
+    message-size refusal (RESOURCE_EXHAUSTED, client or server side) is :data:`TOO_LARGE`."""
+    if code == "RESOURCE_EXHAUSTED" and _SIZE_CHECK in message:
+        return TOO_LARGE
+    return code
 RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "ABORTED", MALFORMED})
 _NOT_THE_ENDPOINTS_FAULT = frozenset({*CALLER_ERRORS, "CANCELLED"})
 
@@ -245,7 +266,9 @@ class AttemptController:
         kind = classify(outcome.code)
         if kind is Kind.CALLER_ERROR:
             address = outcome.endpoint.address
-            return GiveUp(CALLER_ERRORS[outcome.code](outcome.message, endpoint=address, code=outcome.code))
+            hint = _HINTS.get(outcome.code)
+            message = f"{hint}: {outcome.message}" if hint else outcome.message
+            return GiveUp(CALLER_ERRORS[outcome.code](message, endpoint=address, code=outcome.code))
         self.attempts.append(outcome.attempt())
         if kind is Kind.FATAL:
             if outcome.code == "DEADLINE_EXCEEDED":

@@ -2,16 +2,23 @@
 
     WeiClientError
     ├── NoEndpointAvailable      nothing to route a request to (model, version, why)
-    ├── InvalidBalancerConfig    a policy name or knob is wrong (field, expected, got)
+    ├── InvalidArgument          a constructor argument or config field is wrong (field, expected, got)
+    │   └── InvalidBalancerConfig    a policy name or knob is wrong
+    ├── RegistryUnavailable      no membership within start_timeout_s (ZooKeeper unreachable, no file)
     ├── ClientClosed             the client was closed
-    ├── RequestError             the caller's request is wrong; never retried
-    │   ├── InvalidInput         INVALID_ARGUMENT, or inputs that cannot be encoded
+    ├── RequestError             the caller's request is wrong; never retried, never charged to a pod
+    │   ├── InvalidInput         INVALID_ARGUMENT (a row limit too), or arguments that cannot be sent
+    │   ├── RequestTooLarge      over a gRPC message size limit (limit, size where known)
     │   └── ModelNotFound        NOT_FOUND: unknown model or version
-    └── RequestFailed            every attempt failed (attempts: endpoint, code, message)
-        └── DeadlineExceeded     the caller's deadline passed
+    ├── RequestFailed            every attempt failed (attempts: endpoint, code, message)
+    │   └── DeadlineExceeded     the caller's deadline passed
+    └── InternalError            a bug in the SDK (the original exception is its __cause__)
 
 gRPC errors are translated once, at the transport boundary
-(:mod:`weiclient.transport`).
+(:mod:`weiclient.transport`); nothing but a :class:`WeiClientError` leaves
+``predict`` and its twins. A server's message is kept to
+:data:`MAX_MESSAGE_CHARS` (:func:`clip`), so three failed attempts cannot make
+an error of megabytes.
 """
 
 from __future__ import annotations
@@ -22,9 +29,19 @@ from enum import StrEnum
 from registry.errors import FieldError
 
 __all__ = [
-    "Attempt", "ClientClosed", "DeadlineExceeded", "InvalidBalancerConfig", "InvalidInput", "ModelNotFound",
-    "NoEndpointAvailable", "RequestError", "RequestFailed", "Unavailable", "WeiClientError",
+    "MAX_MESSAGE_CHARS", "Attempt", "ClientClosed", "DeadlineExceeded", "InternalError", "InvalidArgument",
+    "InvalidBalancerConfig", "InvalidInput", "ModelNotFound", "NoEndpointAvailable", "RegistryUnavailable",
+    "RequestError", "RequestFailed", "RequestTooLarge", "Unavailable", "WeiClientError", "clip",
 ]
+
+MAX_MESSAGE_CHARS = 4096
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 class WeiClientError(Exception):
@@ -54,12 +71,34 @@ class NoEndpointAvailable(WeiClientError):
         super().__init__(f"no endpoint for {target}: {why.value}{extra}")
 
 
-class InvalidBalancerConfig(WeiClientError, FieldError):
+class InvalidArgument(WeiClientError, FieldError):
+    """A constructor argument or configuration field is invalid; ``expected`` says what would be right."""
+
+
+class InvalidBalancerConfig(InvalidArgument):
     """A balancer policy name or knob is invalid; ``expected`` says what would be right."""
+
+
+class RegistryUnavailable(WeiClientError):
+    """No membership within ``start_timeout_s``: ZooKeeper unreachable and no snapshot file.
+    The constructor that raises it has released everything it opened."""
+
+    def __init__(self, hosts: str, service: str, waited_s: float, detail: str = "") -> None:
+        self.hosts = hosts
+        self.service = service
+        self.waited_s = waited_s
+        extra = f" ({detail})" if detail else ""
+        super().__init__(f"no membership for service {service!r} from ZooKeeper at {hosts} within "
+                         f"{waited_s:g}s (ClientConfig.start_timeout_s), and no snapshot file to start from"
+                         f"{extra}")
 
 
 class ClientClosed(WeiClientError):
     pass
+
+
+class InternalError(WeiClientError):
+    """An exception the SDK did not expect (a bug: please report it with its ``__cause__``)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +130,18 @@ class InvalidInput(RequestError):
 
 class ModelNotFound(RequestError):
     pass
+
+
+class RequestTooLarge(RequestError):
+    """A message over a gRPC size limit: the request before it was sent (``size`` and ``limit`` set),
+    or a server's refusal of it, or an answer over this client's limit. Sending it elsewhere would
+    meet the same limit, so it is not retried and no pod is blamed."""
+
+    def __init__(self, message: str, *, endpoint: str | None = None, code: str | None = None,
+                 size: int | None = None, limit: int | None = None) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(message, endpoint=endpoint, code=code)
 
 
 class RequestFailed(WeiClientError):

@@ -43,10 +43,12 @@ from .attempts import (
     Sleep,
     Wait,
     blames_endpoint,
+    code_name,
 )
 from .balancer import Balancer, Endpoint, RetryBudget, RetryBudgetConfig
 from .channels import AioChannelPool, ChannelPool
 from .config import ClientConfig
+from .errors import clip
 from .retry import RetryPolicy
 
 __all__ = ["LatencyWindow", "Plan", "Transport"]
@@ -172,10 +174,11 @@ class Transport:
             self._metrics.attempt(ep.address, "OK", measured)
             return Answered(ep, resp, measured)
         code = err.code()
-        name = code.name if code is not None else "UNKNOWN"
+        details = clip(err.details() or "")
+        name = code_name(code.name if code is not None else "UNKNOWN", details)
         bal.on_finish(ep, now, measured, not blames_endpoint(name), report, cost=rows)
         self._metrics.attempt(ep.address, name, measured)
-        return Failed(ep, name, err.details() or "", measured)
+        return Failed(ep, name, details, measured)
 
     def _backoff(self, decision: Sleep) -> float:
         self._metrics.retry(decision.code)
