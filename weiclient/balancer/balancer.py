@@ -38,7 +38,7 @@ from registry.membership import MembershipSnapshot
 from registry.records import State
 
 from ..errors import NoEndpointAvailable, Unavailable
-from .candidates import Candidates, Endpoint, ModelVersion, View, WeightTable
+from .candidates import Candidates, Endpoint, ModelVersion, View, WeightTable, clamp_weight
 from .policies import Policy
 from .sampling import sample_distinct
 from .scatter import Shard, plan_shards
@@ -124,7 +124,8 @@ class Balancer:
     # -- membership ----------------------------------------------------------------
 
     def update(self, snapshot: MembershipSnapshot, now: float) -> Candidates:
-        """Swap in the vector for ``snapshot``, carrying each surviving endpoint's state."""
+        """Swap in the vector for ``snapshot``, carrying each surviving endpoint's state.
+        Weights are clamped to ``[MIN_WEIGHT, MAX_WEIGHT]`` (see :mod:`.candidates`)."""
         with self._lock:
             prev = self._candidates
             was_routable = {ep.key for ep in prev.endpoints}
@@ -143,7 +144,7 @@ class Balancer:
                     st.ramp_start = now  # joined at full weight, new to us or back from draining: ramp it here
                 states[key] = st
                 if rec.routable:
-                    endpoints.append(Endpoint(rec.id, rec.endpoint, rec.weight, rec, st))
+                    endpoints.append(Endpoint(rec.id, rec.endpoint, clamp_weight(rec.weight), rec, st))
             self._met_members = self._met_members or bool(snapshot.instances)
             self._candidates = Candidates(snapshot.service, snapshot.version, tuple(endpoints),
                                           tuple(snapshot.instances.values()), MappingProxyType(states))

@@ -17,6 +17,19 @@ an O(n) rebuild, and health is a gradual hint while ejection is immediate.
 A pick checks all three in O(1), so the O(n) work happens on events, not
 per request. Two threads may rebuild at once; both results are correct and
 the last one written stays.
+
+Weights are clamped on the way in (:func:`clamp_weight`) to
+``[MIN_WEIGHT, MAX_WEIGHT]``: a record is validated as a finite number > 0,
+but two records at 1e308 overflowed the table's sum (``math.fsum`` raised
+OverflowError on every pick) and one at 1e-320 made ``1 / weight`` infinite
+in the load metrics. A weight is samples per second the pod can take now;
+the largest pods serve around 1e6 (a GPU scoring a ranking model), so
+``MAX_WEIGHT`` = 1e9 leaves three orders of magnitude of headroom while a
+million endpoints at the maximum sum to 1e15, within the 2**53 where float
+sums are still exact to the unit. ``MIN_WEIGHT`` = 1e-3 (one sample every
+17 minutes) is as good as zero for routing, and keeps the ratio of any two
+weights within 1e12, so a weighted round robin's cycle and a hash ring's
+point counts stay finite integers.
 """
 
 from __future__ import annotations
@@ -34,11 +47,22 @@ from ..errors import Unavailable
 from .state import EndpointKey, EndpointState
 from .weights import Weigher
 
-__all__ = ["Candidates", "Endpoint", "ModelVersion", "View", "WeightTable"]
+__all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "Candidates", "Endpoint", "ModelVersion", "View", "WeightTable",
+           "clamp_weight"]
 
 ModelVersion = tuple[str, int | None]  # a model and a version (None: any version)
 
 MAX_VIEWS = 4096  # memo cap per vector: keeps a caller cycling through bogus versions from growing it
+MAX_WEIGHT = 1e9   # samples/s; see the module docstring
+MIN_WEIGHT = 1e-3
+
+
+def clamp_weight(weight: float) -> float:
+    """A published weight as the balancer uses it: within ``[MIN_WEIGHT, MAX_WEIGHT]``, 0 (and
+    anything not a positive number) as 0, NaN as 0."""
+    if not weight > 0.0:  # 0, negatives, NaN
+        return 0.0
+    return min(max(weight, MIN_WEIGHT), MAX_WEIGHT)
 
 
 @dataclass(frozen=True, slots=True)
