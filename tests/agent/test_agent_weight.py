@@ -137,6 +137,16 @@ def test_queue_growth_and_errors_lower_health():
     assert raw.errors == 1.0
 
 
+def test_a_queue_that_fluctuates_without_growing_keeps_the_weight():
+    ctl = WeightController(capacity_score=10.0, now=0.0)
+    for t in range(1, 121):  # 1 s polls: 0, 800, 0, 800 rows queued
+        ctl.observe(ServerSample(p99_ms=40.0, queue_rows=800 * (t % 2)), float(t))
+    assert ctl.weight(120.0) >= 9.5
+    for t in range(121, 181):  # then a real backlog: +500 rows every second for a minute
+        ctl.observe(ServerSample(p99_ms=40.0, queue_rows=500 * (t - 120)), float(t))
+    assert ctl.weight(180.0) < 7.5
+
+
 def test_not_ready_drops_to_the_floor():
     ctl = WeightController(WeightConfig(smoothing_tau_s=0), capacity_score=10.0, now=0.0)
     assert ctl.step(ServerSample(ready=False), 5.0).weight == 0.5
