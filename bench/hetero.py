@@ -14,12 +14,22 @@ other, for ``--seconds``:
 - each policy with the weights declared ``equal`` and declared ``true``;
 - ``measured/POLICY``: equal declared cores, one ``wei-agent`` per pod
   publishing the capacity it measures (after a warm-up it has converged);
+- ``p2c_jsed+static/equal``: ``p2c_jsed`` told to trust the servers' reported
+  capacity over static weights (``measure_static_pods``): bare servers, no agents;
 - ``haproxy``: HAProxy (Debian's 2.6) in front of the same pods, h2 both
   sides, ``balance leastconn``, the true weights: what a user would pick
   instead of client-side balancing.
 
-``--swap`` adds an arm in which the fastest and the slowest pod trade speeds
-halfway: the p99 of each second after the swap shows how fast routing adapts.
+``--swap`` adds arms (``weighted_p2c`` and ``p2c_jsed``, agents measuring) in
+which the fastest and the slowest pod trade speeds halfway: the p99 of each
+second after the swap shows how fast routing adapts, and "adapted after" is
+the first second from which every second's p99 stays within 2x the median
+of the seconds before the swap.
+
+Every call has the same ``--timeout-s`` (30 s): a short deadline would cap
+plain round robin's latency at the deadline and turn its queue into errors,
+hiding how far it falls behind. Each arm waits for its last call to end, so
+no backlog reaches the next arm.
 
     .venv/bin/python bench/hetero.py                       # 80 % load, every arm, ~6 minutes
     .venv/bin/python bench/hetero.py --load 0.5 --arms rr/equal,oracle,weighted_p2c/equal
@@ -124,15 +134,31 @@ class Result:
     weights: list[tuple[float, list[float]]] = field(default_factory=list)
     small: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
+    error_times: list[float] = field(default_factory=list)
+
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies.size else float("nan")
+
+    def adapted_after(self) -> float | None:
+        """Seconds after the swap (half-way) until every second's p99 stays within 2x the median before it."""
+        half = len(self.p99_by_second) // 2
+        before = [v for v in self.p99_by_second[1:half] if v == v]
+        if not before:
+            return None
+        bound = 2.0 * float(np.median(before))
+        after = self.p99_by_second[half:]
+        for i in range(len(after)):
+            if all(v == v and v <= bound for v in after[i:]):
+                return float(i)
+        return None
 
 
 MIX = {"small_fraction": 0.0, "small_rows": 20, "big_rows": 2000}  # --mix: each call small or big
 
 
-async def open_loop(call, rate: float, seconds: float) -> tuple[list[tuple[float, float, bool]], int]:
-    """Poisson arrivals for ``seconds``; (scheduled time, latency, small?) per successful call, and the errors."""
+async def open_loop(call, rate: float, seconds: float) -> tuple[list[tuple[float, float, bool]], list[float]]:
+    """Poisson arrivals for ``seconds``; (scheduled time, latency, small?) per successful call, and the
+    scheduled time of each failed one."""
     rng = np.random.default_rng(7)
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.05
@@ -140,15 +166,14 @@ async def open_loop(call, rate: float, seconds: float) -> tuple[list[tuple[float
     arrivals = start + np.cumsum(gaps)
     arrivals = arrivals[arrivals < start + seconds]
     done: list[tuple[float, float, bool]] = []
-    errors = 0
+    errors: list[float] = []
 
     async def one(at: float, small: bool) -> None:
-        nonlocal errors
         try:
             await call(small)
             done.append((at - start, loop.time() - at, small))
         except Exception:
-            errors += 1
+            errors.append(at - start)
 
     tasks = []
     smalls = rng.random(len(arrivals)) < MIX["small_fraction"]
@@ -203,7 +228,7 @@ def seconds_or(value: float | None, otherwise: str) -> str:
 def run_arm(name: str, pods: list[Pod], make_call, rate: float, seconds: float, swap: bool = False) -> Result:
     before = [p.requests() for p in pods]
 
-    async def main() -> tuple[list[tuple[float, float, bool]], int]:
+    async def main() -> tuple[list[tuple[float, float, bool]], list[float]]:
         call, close = await make_call()
         try:
             if swap:
@@ -232,20 +257,25 @@ def run_arm(name: str, pods: list[Pod], make_call, rate: float, seconds: float, 
         window = [d for t, d, _ in done if s <= t < s + 1]
         by_second.append(float(np.percentile(window, 99)) * 1000 if window else float("nan"))
     small = np.array([d for _, d, is_small in done if is_small])
-    return Result(name, lat, errors, [c / total for c in counts], by_second, small=small)
+    return Result(name, lat, len(errors), [c / total for c in counts], by_second, small=small, error_times=errors)
+
+
+TIMEOUT_S = {"value": 30.0}
+SUFFIXES = {"rows": {"load.count_rows": True}, "static": {"measure_static_pods": True}}
 
 
 def weiclient_call(zk: str, service: str, policy: str, rows: int):
-    """``policy`` may end in ``+rows``: the same policy counting load in rows (``load.count_rows``)."""
-    policy, _, rows_knob = policy.partition("+")
-    knobs = {"load.count_rows": True} if rows_knob == "rows" else {}
+    """``policy`` may end in ``+rows`` (count load in rows: ``load.count_rows``) or ``+static``
+    (``p2c_jsed``: reported capacities overrule static weights)."""
+    policy, _, suffix = policy.partition("+")
+    knobs = SUFFIXES.get(suffix, {})
     x = np.ones((rows, FEATURES), np.float32)
     small_x = np.ones((MIX["small_rows"], FEATURES), np.float32)
     big_x = np.ones((MIX["big_rows"], FEATURES), np.float32)
 
     async def make():
-        client = WeiClient(zk, service, config=ClientConfig(balancer=policy, balancer_knobs=knobs, timeout_s=2.0,
-                                                            metrics=False))
+        client = WeiClient(zk, service, config=ClientConfig(balancer=policy, balancer_knobs=knobs,
+                                                            timeout_s=TIMEOUT_S["value"], metrics=False))
 
         async def call(small: bool):
             inputs = x if not MIX["small_fraction"] else (small_x if small else big_x)
@@ -267,7 +297,7 @@ def haproxy_call(port: int, rows: int):
         stub = channel.unary_unary(wire.PREDICT_METHOD)
 
         async def call(small: bool):
-            wire.decode_response(await stub(body, timeout=2.0))
+            wire.decode_response(await stub(body, timeout=TIMEOUT_S["value"]))
 
         async def close():
             await channel.close()
@@ -288,8 +318,8 @@ def start_haproxy(pods: list[Pod], weights: list[float], workdir: Path) -> tuple
 defaults
     mode http
     timeout connect 2s
-    timeout client 30s
-    timeout server 30s
+    timeout client {TIMEOUT_S["value"] + 5:.0f}s
+    timeout server {TIMEOUT_S["value"] + 5:.0f}s
 frontend grpc
     bind 127.0.0.1:{port} proto h2
     default_backend pods
@@ -334,12 +364,14 @@ def main() -> int:
     ap.add_argument("--load", type=float, default=0.8, help="offered load, a fraction of the fleet's capacity")
     ap.add_argument("--seconds", type=float, default=20.0, help="per arm")
     ap.add_argument("--arms", help="comma-separated arm names (default: all)")
-    ap.add_argument("--swap", action="store_true", help="add a speed-swap arm for the default policy")
+    ap.add_argument("--swap", action="store_true", help="add speed-swap arms (weighted_p2c and p2c_jsed, measured)")
+    ap.add_argument("--timeout-s", type=float, default=30.0, help="every call's deadline")
     ap.add_argument("--plots", type=Path, help="write PNGs here")
     ap.add_argument("--mix", type=float, help="a fraction of 20-row calls among 2,000-row ones: counting calls vs "
                                               "counting rows, on the true weights")
     args = ap.parse_args()
     speeds = [float(s) for s in args.speeds.split(",")]
+    TIMEOUT_S["value"] = args.timeout_s
     if args.mix is not None:
         MIX["small_fraction"] = args.mix
         args.rows = round(args.mix * MIX["small_rows"] + (1 - args.mix) * MIX["big_rows"])  # the mean, for the rate
@@ -347,9 +379,10 @@ def main() -> int:
     rate = args.load * capacity_calls
     policies = sorted(POLICIES)
     arms = ["rr/equal", "oracle", *(f"{p}/{w}" for p in policies if p not in ("round_robin",)
-                                     for w in ("equal", "true")), "measured/weighted_p2c", "haproxy"]
+                                     for w in ("equal", "true")), "p2c_jsed+static/equal",
+            "measured/weighted_p2c", "measured/p2c_jsed", "haproxy"]
     if args.swap:
-        arms.append("swap/measured/weighted_p2c")
+        arms += ["swap/measured/weighted_p2c", "swap/measured/p2c_jsed"]
     if args.mix is not None:
         arms = ["oracle", "weighted_p2c/true", "weighted_p2c+rows/true", "least_outstanding/true", "p2c_jsed/true"]
     if args.arms:
@@ -393,6 +426,11 @@ def main() -> int:
                         for p in pods:
                             p.start_agent(ensemble.hosts, "measured")
                         measured_started = True
+                        deadline = time.monotonic() + 60
+                        while any(w != w for w in published_weights(zk, "measured", pods)):  # NaN: not yet
+                            if time.monotonic() > deadline:
+                                raise RuntimeError("the agents did not register within 60 s")
+                            time.sleep(0.1)
                         sampler = WeightSampler(zk, "measured", pods)
                         warm = run_arm("warm-up", pods, weiclient_call(ensemble.hosts, "measured", rest, args.rows),
                                        rate, 60.0)
@@ -420,7 +458,10 @@ def main() -> int:
                     lo, hi = speeds.index(min(speeds)), speeds.index(max(speeds))
                     swapped[lo], swapped[hi] = speeds[hi], speeds[lo]
                     took = settled_at(result.weights, swapped, after=args.seconds / 2)
-                    console.print(f"  after the swap the weights were within 15 % of the new ratio after "
+                    late = sum(1 for t in result.error_times if t >= args.seconds / 2)
+                    console.print(f"  after the swap: p99 per second adapted after "
+                                  f"{seconds_or(result.adapted_after(), 'more than the arm lasted')}, "
+                                  f"{late} errors; published weights within 15 % of the new ratio after "
                                   f"{seconds_or(took, 'more than the arm lasted')}")
                 results.append(result)
                 console.print(f"  {arm}: p99 {result.pct(99):.1f} ms, errors {result.errors}", style="dim")
@@ -467,7 +508,8 @@ def report(results: list[Result], speeds: list[float], before, after) -> None:
         if r.arm.startswith("swap/"):
             half = len(r.p99_by_second) // 2
             console.print(f"{r.arm}: p99 per second around the swap (at {half} s): "
-                          + " ".join(f"{v:.0f}" for v in r.p99_by_second[half - 3:half + 8]))
+                          + " ".join(f"{v:.0f}" for v in r.p99_by_second[half - 3:half + 8])
+                          + f"; adapted after {seconds_or(r.adapted_after(), 'never')}")
     console.print(f"load average: {before[0]:.2f} before, {after[0]:.2f} after (1 min), {os.cpu_count()} CPUs")
 
 
