@@ -19,29 +19,41 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from protocol import wire
+from registry.errors import FieldError
 from registry.membership import MembershipSnapshot
 from registry.service_config import ConfigSnapshot, ConfigWatcher, ServiceConfig
 from registry.watcher import MembershipWatcher, WatcherConfig
 from registry.zk import RegistryPaths, ZkSettings, connect
 
+from . import inputs as args
 from .attempts import Plan
 from .balancer import Balancer, BalancerStats, build_policy, key_hash, policy_from_spec
 from .config import ClientConfig
-from .errors import ClientClosed, InvalidBalancerConfig, InvalidInput, NoEndpointAvailable, Unavailable, WeiClientError
-from .metrics import ClientMetrics, EndpointCollector, NullMetrics
+from .errors import (
+    ClientClosed,
+    InternalError,
+    InvalidArgument,
+    InvalidBalancerConfig,
+    InvalidInput,
+    NoEndpointAvailable,
+    RegistryUnavailable,
+    Unavailable,
+    WeiClientError,
+)
+from .inputs import Outputs
+from .metrics import ClientMetrics, NullMetrics
 from .transport import Transport
 
 __all__ = ["ClientStats", "WeiClient"]
 
 log = logging.getLogger(__name__)
-Outputs = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -58,44 +70,80 @@ class ClientStats:
 
 
 class WeiClient:
-    """Direct-connect client for one service. Thread-safe; use one per service per process."""
+    """Direct-connect client for one service. Thread-safe. Any number may live in one process
+    (one per service a ranking service calls, or several for one service), each with its own
+    ``client`` label in the metrics.
+
+    The constructor checks its arguments before it opens anything, waits up
+    to ``config.start_timeout_s`` in all for a first membership (and the
+    service config), and when it fails it closes whatever it had opened (the
+    ZooKeeper session, the watcher threads, the metrics' label) and raises a
+    :class:`~weiclient.errors.WeiClientError`: :class:`InvalidArgument` for
+    a bad argument, :class:`RegistryUnavailable` when no membership came.
+    """
 
     def __init__(self, zk: str, service: str, *, root: str | None = None, config: ClientConfig | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  rng: random.Random | None = None) -> None:
-        self.config = cfg = config or ClientConfig()
+        cfg = ClientConfig() if config is None else config
+        if not isinstance(cfg, ClientConfig):
+            raise InvalidArgument("config", "a weiclient.ClientConfig or None", cfg)
+        paths, settings = _registry_settings(zk, service, root, cfg)
+        fixed = build_policy(cfg.balancer, cfg.balancer_knobs) if cfg.balancer else None
+        self.config = cfg
         self.service = service
         self._clock = clock
         self._rng = rng or random.Random()
         self._closed = False
         self._lock = threading.Lock()
-        self._metrics: ClientMetrics = ClientMetrics(service) if cfg.metrics else NullMetrics(service)
-        fixed = build_policy(cfg.balancer, cfg.balancer_knobs) if cfg.balancer else None
         self._fixed_policy = fixed is not None
         self._balancer = Balancer(fixed, rng=self._rng, service=service)
         self._policy_spec: Any = None
         self._service_config = ServiceConfig()
-        self._transport = Transport(cfg, lambda: self._balancer, clock=clock, sleep=sleep, metrics=self._metrics,
-                                    rng=self._rng)
         self._scatter_pool: ThreadPoolExecutor | None = None
-        paths = RegistryPaths(root or cfg.root)
-        self._zk = connect(ZkSettings(hosts=zk, root=paths.root, session_timeout_s=cfg.zk_session_timeout_s,
-                                      auth=cfg.zk_auth), wait=False)
-        self._watcher = MembershipWatcher(self._zk, service, paths=paths, config=WatcherConfig(
-            protection=cfg.protection, snapshot_file=cfg.snapshot_file))
-        self._config_watcher = ConfigWatcher(self._zk, service, paths=paths)
-        self._watcher.subscribe(self._on_membership)
-        self._config_watcher.subscribe(self._on_config)
-        self._watcher.start(timeout=cfg.start_timeout_s)
-        self._config_watcher.start(timeout=cfg.start_timeout_s)
-        self._on_membership(self._watcher.snapshot)
-        self._on_config(self._config_watcher.snapshot)
-        self._collector = EndpointCollector(service, lambda now: self._balancer.stats(now))
-        if cfg.metrics:
-            self._collector.register()
         self._stop = threading.Event()
-        self._housekeeper = threading.Thread(target=self._housekeeping, name=f"wei-client-{service}", daemon=True)
-        self._housekeeper.start()
+        with ExitStack() as opened:  # closed in reverse on any failure below; kept for close() on success
+            self._metrics: ClientMetrics = ClientMetrics(service) if cfg.metrics else NullMetrics(service)
+            opened.callback(self._metrics.close)
+            self._transport = Transport(cfg, lambda: self._balancer, clock=clock, sleep=sleep,
+                                        metrics=self._metrics, rng=self._rng)
+            opened.callback(self._transport.close)
+            self._zk = connect(settings, wait=False)
+            opened.callback(self._zk.close)
+            opened.callback(self._zk.stop)  # LIFO: stop, then close
+            self._watcher = MembershipWatcher(self._zk, service, paths=paths, config=WatcherConfig(
+                protection=cfg.protection, snapshot_file=cfg.snapshot_file))
+            self._config_watcher = ConfigWatcher(self._zk, service, paths=paths)
+            self._watcher.subscribe(self._on_membership)
+            self._config_watcher.subscribe(self._on_config)
+            opened.callback(self._watcher.close)
+            self._watcher.start(timeout=None)
+            opened.callback(self._config_watcher.close)
+            self._config_watcher.start(timeout=None)
+            self._await_start(settings.hosts)
+            self._on_membership(self._watcher.snapshot)
+            self._on_config(self._config_watcher.snapshot)
+            self._metrics.watch(lambda now: self._balancer.stats(now))
+            self._housekeeper = threading.Thread(target=self._housekeeping, name=f"wei-client-{service}",
+                                                 daemon=True)
+            opened.callback(self._stop.set)
+            self._housekeeper.start()
+            self._opened = opened.pop_all()
+
+    def _await_start(self, hosts: str) -> None:
+        """One deadline for both watchers: a membership (else RegistryUnavailable), then the config."""
+        timeout = self.config.start_timeout_s
+        deadline = time.monotonic() + timeout
+        try:
+            self._watcher.wait_for(lambda s: s.source != "empty", timeout=timeout)
+        except TimeoutError:
+            raise RegistryUnavailable(hosts, self.service, timeout, self._watcher.last_error) from None
+        try:
+            self._config_watcher.wait_for(lambda s: s.synced_at is not None,
+                                          timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            log.warning("service %s: no service config read within %ss; routing on the defaults until it is",
+                        self.service, timeout)
 
     # -- feeds from the watchers (their threads) -----------------------------------------
 
@@ -144,64 +192,78 @@ class WeiClient:
         ``ScatterConfig.auto_rows``). Output arrays are read-only views.
         """
         with self._metered(model):
-            plans, shards = self._plans(model, inputs, version, outputs, self._deadline(timeout), key, split)
+            plans, shards = self._plans(model, inputs, version, outputs, timeout, key, split)
             if shards is None:
-                return _single_outputs(self._transport.call(plans[0]), model)
+                return args.single_outputs(self._transport.call(plans[0]), model)
             pool = self._scatter_executor()
             futures = [pool.submit(self._transport.call, p) for p in plans[1:]]
             first = self._transport.call(plans[0])  # the caller's thread takes one shard itself
-            return _concat(model, shards, [_single_outputs(p, model) for p in [first] + [f.result() for f in futures]])
+            parts = [first] + [f.result() for f in futures]
+            return args.concat(model, shards, [args.single_outputs(p, model) for p in parts])
 
     def predict_many(self, models: Mapping[str, int | None], inputs: Mapping[str, Any], *,
                      outputs: list[str] | None = None, timeout: float | None = None,
                      key: object = None) -> dict[str, Outputs]:
         """Several models on the same inputs in one request (one feature pass, many models)."""
-        with self._metered("+".join(models)):
-            return _many_outputs(self._transport.call(self._many_plan(models, inputs, outputs, timeout, key)))
+        with self._metered(args.many_label(models)):
+            return args.many_outputs(self._transport.call(self._many_plan(models, inputs, outputs, timeout, key)))
 
     async def apredict(self, model: str, inputs: Mapping[str, Any], *, version: int | None = None,
                        outputs: list[str] | None = None, timeout: float | None = None, key: object = None,
                        split: bool | None = None) -> Outputs:
         with self._metered(model):
-            plans, shards = self._plans(model, inputs, version, outputs, self._deadline(timeout), key, split)
+            plans, shards = self._plans(model, inputs, version, outputs, timeout, key, split)
             if shards is None:
-                return _single_outputs(await self._transport.acall(plans[0]), model)
+                return args.single_outputs(await self._transport.acall(plans[0]), model)
             parts = await asyncio.gather(*(self._transport.acall(p) for p in plans))
-            return _concat(model, shards, [_single_outputs(p, model) for p in parts])
+            return args.concat(model, shards, [args.single_outputs(p, model) for p in parts])
 
     async def apredict_many(self, models: Mapping[str, int | None], inputs: Mapping[str, Any], *,
                             outputs: list[str] | None = None, timeout: float | None = None,
                             key: object = None) -> dict[str, Outputs]:
-        with self._metered("+".join(models)):
-            return _many_outputs(await self._transport.acall(self._many_plan(models, inputs, outputs, timeout, key)))
+        with self._metered(args.many_label(models)):
+            plan = self._many_plan(models, inputs, outputs, timeout, key)
+            return args.many_outputs(await self._transport.acall(plan))
 
     # -- building calls --------------------------------------------------------------------
 
     @contextmanager
-    def _metered(self, label: str) -> Iterator[None]:
-        """Refuse calls on a closed client; count each call's outcome and latency."""
-        self._check_open()
+    def _metered(self, label: object) -> Iterator[None]:
+        """Refuse calls on a closed client; count each call's outcome and latency. Nothing but a
+        WeiClientError leaves: anything else is a bug, raised as InternalError (its cause attached)."""
+        label = label if isinstance(label, str) else "<invalid>"  # a caller's value must not break a label
         t0 = self._clock()
         try:
+            self._check_open()
             yield
         except WeiClientError as e:
             self._metrics.request(label, type(e).__name__, self._clock() - t0)
             raise
+        except Exception as e:
+            self._metrics.request(label, InternalError.__name__, self._clock() - t0)
+            log.exception("service %s: unexpected error in a call", self.service)
+            raise InternalError(f"unexpected {type(e).__name__} in WeiClient (a bug; please report it): "
+                                f"{e}") from e
         self._metrics.request(label, "ok", self._clock() - t0)
 
-    def _deadline(self, timeout: float | None) -> float:
-        return self._clock() + (timeout if timeout is not None else self.config.timeout_s)
+    def _deadline(self, timeout: object) -> float:
+        seconds = args.check_timeout(timeout)
+        return self._clock() + (seconds if seconds is not None else self.config.timeout_s)
 
     def _plans(self, model: str, inputs: Mapping[str, Any], version: int | None, outputs: list[str] | None,
-               deadline: float, key: object, split: bool | None) -> tuple[list[Plan], Any]:
+               timeout: float | None, key: object, split: bool | None) -> tuple[list[Plan], Any]:
         """One plan, or one per shard (then with the shards, all at the same version)."""
+        args.check_model(model)
+        deadline = self._deadline(timeout)
+        arrays = args.to_arrays(inputs)
+        outputs = args.check_outputs(outputs)
         version = self._resolve_version(model, version, key)
-        rows = _rows(inputs) if split is not False else 0
+        rows = args.rows(arrays) if args.check_split(split) is not False else 0
         scattered = self._shards(model, version, rows, split)
         if scattered is None:
-            return [self._plan(model, version, inputs, outputs, deadline, key)], None
+            return [self._plan(model, version, arrays, outputs, deadline, key)], None
         version, shards = scattered
-        return [self._plan(model, version, _slice(inputs, sh.slice), outputs, deadline, key, sh.endpoint)
+        return [self._plan(model, version, args.slice_inputs(arrays, sh.slice), outputs, deadline, key, sh.endpoint)
                 for sh in shards], shards
 
     def _resolve_version(self, model: str, version: int | None, key: object) -> int | None:
@@ -229,24 +291,24 @@ class WeiClient:
         shards = self._balancer.scatter(model, version, rows, max_shards=max_shards, now=self._clock())
         return (version, shards) if len(shards) > 1 else None
 
-    def _plan(self, model: str, version: int | None, inputs: Mapping[str, Any], outputs: list[str] | None,
+    def _plan(self, model: str, version: int | None, arrays: dict[str, np.ndarray], outputs: list[str] | None,
               deadline: float, key: object, first: Any = None) -> Plan:
-        arrays = _arrays(inputs)
-        payload = _encode(wire.PredictRequest(model=model, version=version, inputs=arrays, outputs=outputs))
+        payload = args.encode(wire.PredictRequest(model=model, version=version, inputs=arrays, outputs=outputs),
+                              self.config.channel.max_message_bytes)
         return Plan(model=model, version=version, payload=payload, deadline=deadline, key=key, first=first,
-                    rows=max(1, _rows(arrays)))
+                    rows=max(1, args.rows(arrays)))
 
     def _many_plan(self, models: Mapping[str, int | None], inputs: Mapping[str, Any],
                    outputs: list[str] | None, timeout: float | None, key: object) -> Plan:
-        if not models:
-            raise InvalidInput("predict_many needs at least one model")
-        resolved = {m: self._resolve_version(m, v, key) for m, v in models.items()}
-        first, *rest = resolved
         deadline = self._deadline(timeout)
-        arrays = _arrays(inputs)
-        payload = _encode(wire.PredictRequest(models=resolved, inputs=arrays, outputs=outputs))
+        arrays = args.to_arrays(inputs)
+        outputs = args.check_outputs(outputs)
+        resolved = {m: self._resolve_version(m, v, key) for m, v in args.check_models(models).items()}
+        first, *rest = resolved
+        payload = args.encode(wire.PredictRequest(models=resolved, inputs=arrays, outputs=outputs),
+                              self.config.channel.max_message_bytes)
         return Plan(model=first, version=resolved[first], payload=payload, deadline=deadline, key=key,
-                    also=tuple((m, resolved[m]) for m in rest), rows=max(1, _rows(arrays)))
+                    also=tuple((m, resolved[m]) for m in rest), rows=max(1, args.rows(arrays)))
 
     def _scatter_executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -281,19 +343,13 @@ class WeiClient:
             channels=tuple(self._transport.channels))
 
     def close(self) -> None:
-        """Stop watching, close channels and the ZooKeeper session. Idempotent."""
+        """Stop watching, close channels and the ZooKeeper session, free the metrics label. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        self._collector.unregister()
-        self._watcher.close()
-        self._config_watcher.close()
-        self._zk.stop()
-        self._zk.close()
         if self._scatter_pool is not None:
             self._scatter_pool.shutdown(wait=False, cancel_futures=True)
-        self._transport.close()
+        self._opened.close()  # in reverse order of opening: housekeeping, watchers, session, channels, metrics
 
     async def aclose(self) -> None:
         self.close()
@@ -319,57 +375,17 @@ class WeiClient:
 
 # -- helpers (pure) ---------------------------------------------------------------------------
 
-def _arrays(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    if not isinstance(inputs, Mapping) or not inputs:
-        raise InvalidInput(f"inputs: expected a non-empty mapping of name -> array, got {type(inputs).__name__}")
-    out = {}
-    for name, value in inputs.items():
-        arr = np.asarray(value)
-        if arr.dtype == object:
-            raise InvalidInput(f"input {name!r}: object arrays cannot be sent; expected a numeric, bool or "
-                               f"fixed-width bytes dtype")
-        out[name] = arr
-    return out
-
-
-def _encode(req: wire.PredictRequest) -> bytes:
+def _registry_settings(zk: object, service: object, root: str | None,
+                       cfg: ClientConfig) -> tuple[RegistryPaths, ZkSettings]:
+    """The paths and session settings, checked before anything is opened."""
     try:
-        return wire.encode_request(req)
-    except wire.WireError as e:
-        raise InvalidInput(f"cannot encode the request: {e}") from None
-
-
-def _rows(inputs: Mapping[str, Any]) -> int:
-    """The batch size the inputs agree on (0 when they do not, or are scalars): a call's cost in rows."""
-    sizes = {np.shape(v)[0] if np.ndim(v) else 0 for v in inputs.values()}
-    return sizes.pop() if len(sizes) == 1 else 0
-
-
-def _slice(inputs: Mapping[str, Any], sl: slice) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v)[sl] for k, v in inputs.items()}
-
-
-def _single_outputs(resp: wire.PredictResponse, model: str) -> Outputs:
-    result = resp.results.get(model)
-    if result is None:
-        raise WeiClientError(f"the server answered without a result for {model!r}: {sorted(resp.results)}")
-    return dict(result.outputs)
-
-
-def _many_outputs(resp: wire.PredictResponse) -> dict[str, Outputs]:
-    return {m: dict(r.outputs) for m, r in resp.results.items()}
-
-
-def _concat(model: str, shards: Any, parts: list[Outputs]) -> Outputs:
-    names = set(parts[0])
-    out = {}
-    for name in names:
-        pieces = []
-        for shard, part in zip(shards, parts, strict=True):
-            arr = part.get(name)
-            if arr is None or np.ndim(arr) == 0 or len(arr) != shard.size:
-                raise WeiClientError(f"{model}: output {name!r} from {shard.endpoint.address} does not have "
-                                     f"{shard.size} rows; cannot reassemble a scattered call")
-            pieces.append(arr)
-        out[name] = np.concatenate(pieces)
-    return out
+        paths = RegistryPaths(root or cfg.root)
+        paths.service(service)  # type: ignore[arg-type]  # checks the name
+        settings = ZkSettings(hosts=zk, root=paths.root,  # type: ignore[arg-type]
+                              session_timeout_s=cfg.zk_session_timeout_s, auth=cfg.zk_auth)
+    except FieldError as e:
+        field = {"hosts": "zk", "root": "root", "service": "service"}.get(e.field, e.field)
+        raise InvalidArgument(field, e.expected, e.got) from None
+    except (TypeError, AttributeError):
+        raise InvalidArgument("zk", "a ZooKeeper connect string host:port[,host:port...][/chroot]", zk) from None
+    return paths, settings
