@@ -32,7 +32,8 @@ from collections.abc import Callable
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError, ZookeeperError
+from kazoo.exceptions import (BadVersionError, KazooException, NoAuthError, NodeExistsError, NoNodeError,
+                              ZookeeperError)
 from kazoo.security import ACL
 
 from .errors import NotRegistered, PublisherClosed, RecordError
@@ -249,6 +250,9 @@ class Publisher:
                 self.stats.failures += 1
                 self.stats.consecutive_failures += 1
                 self.stats.last_error = f"{type(e).__name__}: {e}"
+                if isinstance(e, NoAuthError):
+                    self.stats.last_error += (f" (our credential may not write {self._path}: an admin gives the "
+                                              "service's writer its node first, registry.zk.provision_service)")
                 if isinstance(e, InstanceIdConflict):
                     self._on_conflict(e)
                 else:

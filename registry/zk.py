@@ -8,6 +8,13 @@ connection, so a client outlives a ZooKeeper outage and comes back by itself.
 ACLs: with ``auth="user:password"`` the client authenticates with ZooKeeper's
 ``digest`` scheme and every node it creates is writable by that user only and
 readable by anyone (world:anyone:r). Readers need no credentials.
+
+Per-service credentials: ZooKeeper checks a delete (and a create) against the
+*parent's* ACL, so a node's own ACL does not stop another writer from deleting
+it. :func:`provision_service` gives each service's node an ACL that names only
+that service's writer (and the admin): then the agents of ``ctr``, holding the
+``ctr`` credential, can create, change and delete instances of ``ctr`` and of
+no other service, and the shared parents belong to the admin.
 """
 
 from __future__ import annotations
@@ -20,12 +27,12 @@ from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.hosts import collect_hosts
 from kazoo.retry import KazooRetry
-from kazoo.security import ACL, make_acl, make_digest_acl
+from kazoo.security import ACL, Id, Permissions, make_acl, make_digest_acl, make_digest_acl_credential
 
 from .errors import RecordError, ZooKeeperUnavailable
 from .records import check_name
 
-__all__ = ["RegistryPaths", "ZkSettings", "connect", "writer_acl"]
+__all__ = ["RegistryPaths", "ZkSettings", "connect", "digest_id", "provision_service", "service_acl", "writer_acl"]
 
 ROOT_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 DEFAULT_HOSTS = "127.0.0.1:2181"
@@ -121,6 +128,41 @@ def writer_acl(auth: str | None) -> list[ACL] | None:
         make_digest_acl(user, password, all=True),
         make_acl("world", "anyone", read=True),
     ]
+
+
+def digest_id(credential: str) -> str:
+    """``"user:password"`` -> ZooKeeper's digest ACL id ``"user:base64(sha1)"`` (no password in it)."""
+    if ":" not in credential:
+        raise RecordError("credential", "user:password", "<hidden>")
+    user, password = credential.split(":", 1)
+    return make_digest_acl_credential(user, password)
+
+
+def service_acl(writer_id: str, *, admin_id: str | None = None) -> list[ACL]:
+    """A service node's ACL: its writer (a :func:`digest_id`) and the admin may do all; anyone reads."""
+    acl = [ACL(Permissions.ALL, Id("digest", writer_id))]
+    if admin_id is not None and admin_id != writer_id:
+        acl.append(ACL(Permissions.ALL, Id("digest", admin_id)))
+    return [*acl, make_acl("world", "anyone", read=True)]
+
+
+def provision_service(client: KazooClient, service: str, *, writer_id: str, admin_id: str | None = None,
+                      paths: RegistryPaths | None = None) -> None:
+    """Give ``service`` its own writer: run once per service by an admin, before its agents start.
+
+    ``client`` authenticates as the admin (``admin_id`` is its :func:`digest_id`);
+    the root and the services node are created readable by all and writable by
+    the admin only (an existing one keeps its ACL: set it once by hand with
+    ``setAcl`` when migrating); the service node gets :func:`service_acl`, also
+    when it exists already. Idempotent.
+    """
+    paths = paths or RegistryPaths()
+    parents = service_acl(admin_id) if admin_id is not None else None
+    client.ensure_path(paths.services, acl=parents)
+    node = paths.service(service)
+    acl = service_acl(writer_id, admin_id=admin_id)
+    client.ensure_path(node, acl=acl)
+    client.set_acls(node, acl)
 
 
 def make_client(settings: ZkSettings) -> KazooClient:
