@@ -75,6 +75,24 @@ shapes, dtypes, malformed payload), RESOURCE_EXHAUSTED (queue full, payload
 too large; retry on another endpoint), UNAVAILABLE (draining),
 DEADLINE_EXCEEDED. Decoding errors raise :class:`WireError`.
 
+Overload
+--------
+A call may say how much it matters in request metadata :data:`PRIORITY_KEY`
+(``wei-priority``): one of :data:`PRIORITIES`, ``critical``, ``default``
+(the same as no header) or ``sheddable``. Under overload a server refuses
+``sheddable`` calls first and ``critical`` ones last. Metadata, not the
+payload, so a server can refuse before it decodes a 100 KB body.
+
+A server that refuses a call because it is overloaded answers
+RESOURCE_EXHAUSTED with trailing metadata :data:`RETRY_AFTER_KEY`
+(``wei-retry-after-ms``): a decimal integer, the milliseconds after which
+this server expects to have room. A client should take the refusal as a
+signal about the pod's load (raise its cost, back off from it for about
+that long), never as a failure of the pod, and may retry the call at once
+on another pod. A RESOURCE_EXHAUSTED without the key (a payload too large)
+is about the call, not the pod. (gRFC A6's ``grpc-retry-pushback-ms`` is
+reserved to gRPC itself: grpcio applications may not set ``grpc-`` keys.)
+
 Bounds on decoding (:class:`Limits`): the message size is checked before
 parsing; msgpack's ``max_*_len`` limits cap every string, bin, ext, array
 and map; a tensor has at most ``max_dims`` dims and its buffer must be
@@ -111,7 +129,7 @@ from .tensor import (
 
 __all__ = [
     "ALLOWED_DTYPES", "LOAD_REPORT_KEY", "LOAD_REPORT_MIRROR_KEY", "METADATA_METHOD",
-    "PREDICT_METHOD", "SERVICE",
+    "PREDICT_METHOD", "PRIORITIES", "PRIORITY_KEY", "RETRY_AFTER_KEY", "SERVICE",
     "TENSOR_EXT_CODE", "Limits", "LoadReport", "ModelResult", "PredictRequest",
     "PredictResponse", "WireError", "decode_load_report", "decode_metadata_request",
     "decode_metadata_response", "decode_request", "decode_response", "encode_load_report",
@@ -125,6 +143,9 @@ PREDICT_METHOD = f"/{SERVICE}/Predict"
 METADATA_METHOD = f"/{SERVICE}/Metadata"
 LOAD_REPORT_KEY = "endpoint-load-metrics-bin"
 LOAD_REPORT_MIRROR_KEY = "weiserving-load-bin"
+PRIORITY_KEY = "wei-priority"
+PRIORITIES = ("sheddable", "default", "critical")  # least to most important
+RETRY_AFTER_KEY = "wei-retry-after-ms"
 
 # --------------------------------------------------------------------------- envelopes
 
