@@ -178,8 +178,9 @@ def test_a_request_too_large_can_be_scattered_instead(pods, zk_settings):
                        scatter=replace(ClientConfig().scatter, min_shard_rows=4))
     with WeiClient(zk_settings.hosts, "ctr", config=cfg) as client:
         client._watcher.wait_for(lambda s: len(s.routable()) == 2)
-        with pytest.raises(RequestTooLarge, match="split=True"):
-            client.predict("ctr", {"x": x(14)}, outputs=["y" * (CLIENT_MAX_BYTES // 2)])
+        with pytest.raises(RequestTooLarge, match="split=True") as e:
+            client.predict("ctr", {"x": x(14)}, outputs=["y" * CLIENT_MAX_BYTES])
+        assert e.value.endpoint is None  # refused here, before sending
         out = client.predict("ctr", {"x": x(ROW_LIMIT * 2)}, split=True)  # over one pod's row limit
         np.testing.assert_array_equal(out["y"], x(ROW_LIMIT * 2) * 2 + 1)
 
