@@ -3,7 +3,7 @@
     wei-agent run --zk HOSTS --service NAME --target HOST:PORT [--status-url URL]
                   [--plugin-dir DIR] [--http-port PORT] [--instance-id ID] [--address ADDR] [--zone Z] ...
     wei-agent probe readiness|liveness|startup [--agent-url URL]   # for exec probes: exit 0 or 1 + reason
-    wei-agent drain [--agent-url URL]                              # for a preStop exec hook
+    wei-agent drain [--agent-url URL]                              # for the preStop exec hook (loopback)
     wei-agent manifest [--name N] [--image I] ...                  # a Deployment as YAML
 
 Every flag of ``run`` has a ``WEI_*`` environment default (shown in ``--help``).
@@ -28,6 +28,7 @@ from typing import NoReturn
 
 PROG = "wei-agent"
 DEFAULT_AGENT_URL = "http://127.0.0.1:8510"
+DEFAULT_CONTROL_URL = "http://127.0.0.1:8511"  # /drain: served on loopback only
 
 
 class UsageError(Exception):
@@ -73,8 +74,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     a("--http-port", type=int, default=int(_env("WEI_HTTP_PORT", "8510") or 8510),
       help="endpoint port, 0 picks one (WEI_HTTP_PORT, 8510)")
     a("--no-drain-endpoint", action="store_true", help="do not serve /drain")
+    a("--control-port", type=int, default=_env("WEI_CONTROL_PORT"),
+      help="loopback port that serves /drain (WEI_CONTROL_PORT; default the --http-port + 1, 8511)")
+    a("--control-token-file", type=Path, default=_env("WEI_CONTROL_TOKEN_FILE"), metavar="FILE",
+      help="/drain then needs 'Authorization: Bearer <token>', and is served on --http-host too "
+           "(WEI_CONTROL_TOKEN_FILE, or the token itself in WEI_CONTROL_TOKEN)")
     a("--instance-id", default=_env("WEI_INSTANCE_ID") or _env("WEI_POD_NAME"),
-      help="registry id (WEI_INSTANCE_ID, WEI_POD_NAME, else the host name)")
+      help="registry id (WEI_INSTANCE_ID, WEI_POD_NAME, else HOSTNAME-PORT)")
     a("--address", default=_env("WEI_POD_IP"), help="advertised address (WEI_POD_IP, else the target's host)")
     a("--port", type=int, help="advertised port (default: the target's)")
     a("--zone", default=_env("WEI_ZONE", ""), help="zone (WEI_ZONE)")
@@ -110,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--timeout-s", type=float, default=3.0)
     pr.set_defaults(func=cmd_probe)
     dr = sub.add_parser("drain", help="start the agent's shutdown sequence and wait until it deregistered")
-    dr.add_argument("--agent-url", default=_env("WEI_AGENT_URL", DEFAULT_AGENT_URL))
+    dr.add_argument("--agent-url", default=_env("WEI_CONTROL_URL", DEFAULT_CONTROL_URL),
+                    help=f"the agent's control listener (WEI_CONTROL_URL, {DEFAULT_CONTROL_URL})")
+    dr.add_argument("--token-file", type=Path, default=_env("WEI_CONTROL_TOKEN_FILE"), metavar="FILE",
+                    help="the control token, if the agent has one (WEI_CONTROL_TOKEN_FILE or WEI_CONTROL_TOKEN)")
     dr.add_argument("--timeout-s", type=float, default=60.0)
     dr.set_defaults(func=cmd_drain)
     from .manifest import add_manifest_parser
@@ -150,6 +159,7 @@ def build_config(args: argparse.Namespace):  # -> AgentConfig (imports kept lazy
         service=args.service, target=args.target, address=args.address, port=args.port, zone=args.zone,
         node=args.node, labels=_pairs(args.label, "--label"), status_url=status_url, plugins=plugins,
         http_host=args.http_host, http_port=args.http_port, drain_endpoint=not args.no_drain_endpoint,
+        control_port=args.control_port, control_token=_token(args.control_token_file),
         weight=WeightConfig(**weight), status_poll_s=args.status_poll_s, drain_wait_s=args.drain_wait_s,
         in_flight_timeout_s=args.in_flight_timeout_s,
         zk=ZkSettings(hosts=args.zk, root=args.zk_root, auth=args.zk_auth, session_timeout_s=args.session_timeout_s),
@@ -177,7 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         capacity = replace(capacity, capacity=cap, score=capacity_score(cap),
                            notes=(*capacity.notes, f"cpu_cores={args.cpu_cores:g} declared by --cpu-cores"))
     agent = Agent(config, capacity=capacity)
-    http = AgentHttp(agent, config.http_host, config.http_port, drain_endpoint=config.drain_endpoint)
+    http = AgentHttp.for_config(agent)
     signals: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -192,7 +202,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     agent.start()
     print(f"{PROG}: {config.service}/{config.instance_id} probing {config.target}; endpoints {http.url} "
-          f"(/healthz /readyz /metrics /status)", flush=True)
+          f"(/healthz /readyz /metrics /status), /drain on {http.control_url or 'the token'}", flush=True)
     while not agent.wait(0.5):  # wake so the signal handlers run on the main thread
         pass
     http.close()
@@ -202,9 +212,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if agent.clean else 1
 
 
-def _ask(url: str, timeout: float) -> tuple[int, str]:
+def _token(path: Path | None) -> str | None:
+    """The control token: from the file (a mounted secret), else WEI_CONTROL_TOKEN; None when neither."""
+    if path is None:
+        return _env("WEI_CONTROL_TOKEN")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+        token = path.read_text().strip()
+    except OSError as e:
+        raise UsageError(f"control token file {path}: {e.strerror or e}") from None
+    if not token:
+        raise UsageError(f"control token file {path} is empty")
+    return token
+
+
+def _ask(url: str, timeout: float, token: str | None = None) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:  # noqa: S310
             return resp.status, resp.read(1024).decode("utf-8", "replace").strip()
     except urllib.error.HTTPError as e:
         return e.code, e.read(1024).decode("utf-8", "replace").strip()
@@ -223,7 +247,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_drain(args: argparse.Namespace) -> int:
     try:
-        code, reason = _ask(f"{args.agent_url.rstrip('/')}/drain", args.timeout_s)
+        code, reason = _ask(f"{args.agent_url.rstrip('/')}/drain", args.timeout_s, _token(args.token_file))
     except (OSError, ValueError) as e:
         print(f"drain: agent at {args.agent_url} unreachable: {getattr(e, 'reason', e)}")
         return 1

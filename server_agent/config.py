@@ -26,6 +26,7 @@ from registry.zk import ZkSettings
 
 from .errors import ConfigError
 from .estimator import EstimatorConfig
+from .k8s import own_ip
 
 __all__ = ["AgentConfig", "CalibrationConfig", "CapacityConfig", "DEFAULT_GPU_COMMAND", "PluginConfig", "ProbeSpec",
            "WeightConfig", "default_instance_id", "split_target"]
@@ -299,6 +300,15 @@ class AgentConfig:
     covers a queue that was full). ``status_poll_s`` (5 s): the weight
     controller's pace; at most one ``/status`` and one ``/metrics`` read each.
 
+    Endpoints: health, ``/metrics`` and ``/status`` on ``http_host:http_port``
+    (0.0.0.0: the kubelet and Prometheus reach them); ``/drain`` ends the
+    pod's registration, so it is served on ``127.0.0.1:control_port`` only
+    (the preStop hook runs inside the pod), unless ``control_token`` is set:
+    then it needs that bearer token everywhere (see
+    :class:`server_agent.http.AgentHttp`). ``control_port`` None: ``http_port``
+    + 1 (8511 in a pod), or any free port when that is taken (several agents
+    on one host) or ``http_port`` is 0.
+
     Capacity: the weight is measured samples per second (see
     :mod:`server_agent.estimator`). Until the server has done some work it is
     the prior: the calibrated samples/s (``wei-agent run --calibrate``), else
@@ -323,6 +333,8 @@ class AgentConfig:
     plugins: PluginConfig | None = None
     http_host: str = "0.0.0.0"
     http_port: int = 8510
+    control_port: int | None = None
+    control_token: str | None = field(default=None, repr=False)
     drain_endpoint: bool = True
     startup: ProbeSpec = field(default_factory=lambda: ProbeSpec(period_seconds=1.0, failure_threshold=600))
     readiness: ProbeSpec = field(default_factory=lambda: ProbeSpec(period_seconds=2.0, timeout_seconds=5.0))
@@ -340,7 +352,7 @@ class AgentConfig:
     def __post_init__(self) -> None:
         host, port = split_target(self.target)
         if self.address is None:
-            advertised = host if host not in ("0.0.0.0", "::", "") else _own_ip()
+            advertised = host if host not in ("0.0.0.0", "::", "") else own_ip()
             object.__setattr__(self, "address", advertised)
         if self.port is None:
             object.__setattr__(self, "port", port)
@@ -356,8 +368,13 @@ class AgentConfig:
             if u.scheme not in ("http", "https") or not u.hostname:
                 raise ConfigError("status_url", "http://HOST:PORT of the server's status endpoint", self.status_url)
             object.__setattr__(self, "status_url", self.status_url.rstrip("/"))
-        if isinstance(self.http_port, bool) or not isinstance(self.http_port, int) or not 0 <= self.http_port <= 65535:
-            raise ConfigError("http_port", "a port in 0..65535 (0 picks a free one)", self.http_port)
+        for name in ("http_port", "control_port"):
+            p = getattr(self, name)
+            if (p is not None or name == "http_port") and (isinstance(p, bool) or not isinstance(p, int)
+                                                           or not 0 <= p <= 65535):
+                raise ConfigError(name, "a port in 0..65535 (0 picks a free one)", p)
+        if self.control_token is not None and not (isinstance(self.control_token, str) and self.control_token):
+            raise ConfigError("control_token", "a non-empty string or None", "<hidden>")
         _number("status_poll_s", self.status_poll_s, strict=True)
         _number("samples_per_core_s", self.samples_per_core_s, strict=True)
         _number("drain_wait_s", self.drain_wait_s)
@@ -377,12 +394,3 @@ class AgentConfig:
         """The longest the shutdown sequence takes: what terminationGracePeriodSeconds must cover."""
         return self.drain_wait_s + self.in_flight_timeout_s + 10.0  # 10 s: the deregistration write
 
-
-def _own_ip() -> str:
-    """This host's address as others see it (the pod IP inside a pod)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outgoing interface
-            return s.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"

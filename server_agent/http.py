@@ -12,8 +12,9 @@
 ``/metrics``    Prometheus text: weight, capacity, health, probe results,
                 registration phase, ZooKeeper writes, the server's in-flight
 ``/status``     JSON: everything above, and the published record
-``/drain``      starts the shutdown sequence and answers once deregistered
-                (the model server container's preStop ``httpGet``)
+``/drain``      starts the shutdown sequence and answers once deregistered (the
+                model server container's preStop hook, ``wei-agent drain``):
+                on the loopback control listener only, or with the token
 ==============  ==================================================================
 
 Every handler reads one immutable :class:`~server_agent.agent.AgentView`; none
@@ -22,6 +23,9 @@ touches the agent's state.
 
 from __future__ import annotations
 
+import errno
+import hmac
+import ipaddress
 import json
 import threading
 from collections.abc import Iterator
@@ -173,10 +177,33 @@ class _Collector(Collector):
                 value=-1.0 if in_flight is None else float(in_flight))
 
 
-class AgentHttp:
-    """Serves the endpoints for ``agent`` on ``host:port``; :attr:`port` is the bound port."""
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine (this pod's containers) can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, agent: Agent, host: str = "0.0.0.0", port: int = 0, *, drain_endpoint: bool = True) -> None:
+
+class AgentHttp:
+    """Serves the endpoints for ``agent`` on ``host:port``; :attr:`port` is the bound port.
+
+    ``/drain`` ends the pod's registration, so it is a control endpoint: it is
+    served on a loopback listener only (the preStop hook runs inside the pod;
+    the kubelet's probes and Prometheus reach the health endpoints on ``host``).
+    When ``host`` is itself loopback, that one listener is the control one;
+    otherwise ``control_port`` (None: none) opens a second listener on
+    127.0.0.1 that serves everything; with ``control_fallback`` a taken
+    control port is replaced by a free one (:attr:`control_url` says which).
+    With a ``token``, ``/drain`` requires ``Authorization: Bearer <token>`` on
+    every listener, and is then also served on ``host``.
+    """
+
+    def __init__(self, agent: Agent, host: str = "0.0.0.0", port: int = 0, *, drain_endpoint: bool = True,
+                 control_port: int | None = None, control_fallback: bool = False,
+                 token: str | None = None) -> None:
         registry = CollectorRegistry()
         registry.register(_Collector(agent))
         clock = agent._clock
@@ -185,55 +212,92 @@ class AgentHttp:
         lock = threading.Lock()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                path = self.path.split("?", 1)[0].rstrip("/")
-                if not agent.started:
-                    self._send(503, "text/plain", b"agent starting\n")
-                elif path in ("/healthz", "/readyz", "/startupz", "/livez"):
-                    ok, reason = verdict(agent.view, path[1:], clock())
-                    self._send(200 if ok else 503, "text/plain", (reason + "\n").encode())
-                elif path == "/metrics":
-                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
-                elif path == "/status":
-                    body = json.dumps(agent_status(agent.view, clock()), indent=1, default=str)
-                    self._send(200, "application/json", body.encode())
-                elif path == "/drain" and drain_endpoint:
-                    with lock:
-                        outer.pending_drains += 1
-                    try:
-                        agent.request_shutdown()
-                        done = agent.wait(budget)
-                        self._send(200 if done else 503, "text/plain",
-                                   b"deregistered\n" if done else b"still draining\n")
-                    finally:
+        def drain_refused(handler: BaseHTTPRequestHandler, control: bool) -> str | None:
+            if token is not None:
+                given = handler.headers.get("Authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    return "/drain needs the control token: Authorization: Bearer <token>\n"
+                return None
+            if not control:
+                where = f"127.0.0.1:{outer.control_port}" if outer.control_port else "a loopback listener"
+                return f"/drain is served on {where} only (from inside the pod: wei-agent drain)\n"
+            return None
+
+        def make_handler(control: bool) -> type[BaseHTTPRequestHandler]:
+            class Handler(BaseHTTPRequestHandler):
+                def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                    path = self.path.split("?", 1)[0].rstrip("/")
+                    if path == "/drain" and drain_endpoint and (why := drain_refused(self, control)):
+                        self._send(403, "text/plain", why.encode())
+                    elif not agent.started:
+                        self._send(503, "text/plain", b"agent starting\n")
+                    elif path in ("/healthz", "/readyz", "/startupz", "/livez"):
+                        ok, reason = verdict(agent.view, path[1:], clock())
+                        self._send(200 if ok else 503, "text/plain", (reason + "\n").encode())
+                    elif path == "/metrics":
+                        self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+                    elif path == "/status":
+                        body = json.dumps(agent_status(agent.view, clock()), indent=1, default=str)
+                        self._send(200, "application/json", body.encode())
+                    elif path == "/drain" and drain_endpoint:
                         with lock:
-                            outer.pending_drains -= 1
-                else:
-                    self._send(404, "text/plain", b"try /healthz /readyz /startupz /livez /metrics /status\n")
+                            outer.pending_drains += 1
+                        try:
+                            agent.request_shutdown()
+                            done = agent.wait(budget)
+                            self._send(200 if done else 503, "text/plain",
+                                       b"deregistered\n" if done else b"still draining\n")
+                        finally:
+                            with lock:
+                                outer.pending_drains -= 1
+                    else:
+                        self._send(404, "text/plain", b"try /healthz /readyz /startupz /livez /metrics /status\n")
 
-            do_POST = do_GET  # noqa: N815 -- /drain by POST too
+                do_POST = do_GET  # noqa: N815 -- /drain by POST too
 
-            def _send(self, code: int, ctype: str, body: bytes) -> None:
-                try:
-                    self.send_response(code)
-                    self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:  # the prober went away
+                def _send(self, code: int, ctype: str, body: bytes) -> None:
+                    try:
+                        self.send_response(code)
+                        self.send_header("Content-Type", ctype)
+                        self.send_header("Content-Length", str(len(body)))
+                        self.end_headers()
+                        self.wfile.write(body)
+                    except OSError:  # the prober went away
+                        pass
+
+                def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                     pass
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                pass
+            return Handler
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
         self.host = host
-        self.port: int = self._httpd.server_address[1]
-        self._lock = lock
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="wei-agent-http", daemon=True)
-        self._thread.start()
+        self.control_port: int | None = None
+        self._servers = [ThreadingHTTPServer((host, port), make_handler(control=is_loopback(host)))]
+        self.port: int = self._servers[0].server_address[1]
+        if is_loopback(host):
+            self.control_port = self.port
+        elif control_port is not None:
+            try:
+                control = ThreadingHTTPServer(("127.0.0.1", control_port), make_handler(control=True))
+            except OSError as e:
+                if not (control_fallback and e.errno == errno.EADDRINUSE):
+                    self._servers[0].server_close()
+                    raise
+                control = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(control=True))
+            self._servers.append(control)
+            self.control_port = control.server_address[1]
+        for httpd in self._servers:
+            httpd.daemon_threads = True
+            threading.Thread(target=httpd.serve_forever, name="wei-agent-http", daemon=True).start()
+
+    @classmethod
+    def for_config(cls, agent: Agent) -> AgentHttp:
+        """The endpoints ``agent.config`` asks for (what ``wei-agent run`` serves)."""
+        c = agent.config
+        derived = c.control_port is None
+        control = (c.http_port + 1 if 0 < c.http_port < 65535 else 0) if derived else c.control_port
+        return cls(agent, c.http_host, c.http_port, drain_endpoint=c.drain_endpoint, control_port=control,
+                   control_fallback=derived, token=c.control_token)
 
     def close(self, *, drain_grace_s: float = 2.0) -> None:
         """Stop serving; first give a pending ``/drain`` (a preStop hook) up to ``drain_grace_s`` to be answered."""
@@ -242,10 +306,16 @@ class AgentHttp:
         deadline = time.monotonic() + drain_grace_s
         while self.pending_drains and time.monotonic() < deadline:
             time.sleep(0.01)
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        for httpd in self._servers:
+            httpd.shutdown()
+            httpd.server_close()
 
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def control_url(self) -> str | None:
+        """Where ``/drain`` is served without a token (None: nowhere)."""
+        return None if self.control_port is None else f"http://127.0.0.1:{self.control_port}"

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["PodInfo", "parse_cpu_quantity", "pod_info_from_api", "pod_info_from_env", "pod_info_from_v1pod"]
+__all__ = ["PodInfo", "own_ip", "parse_cpu_quantity", "pod_info_from_api", "pod_info_from_env", "pod_info_from_v1pod"]
 
 ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
 _QUANTITY = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(m|k|)\s*$")
@@ -144,3 +145,13 @@ def _in_cluster_api() -> Any:
 
     config.load_incluster_config()
     return client.CoreV1Api()
+
+
+def own_ip() -> str:
+    """This host's address as others see it (the pod IP inside a pod)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outgoing interface
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
