@@ -6,9 +6,11 @@ sidecar. Probes are wired to the agent; shutdown is ordered so that no
 request fails:
 
 1. On pod deletion kubelet runs each container's preStop hook. The model
-   server's hook is ``GET /drain`` on the agent, which drains the record,
-   waits ``drain_wait_s`` for clients to see it, waits for the server's
-   in-flight calls to finish and deregisters; only then does it answer.
+   server's hook is ``wei-agent drain`` (an exec in the pod: ``/drain`` is
+   served on the agent's loopback control port only, never to the network),
+   which drains the record, waits ``drain_wait_s`` for clients to see it,
+   waits for the server's in-flight calls to finish and deregisters; only
+   then does it answer.
 2. Meanwhile the agent itself gets SIGTERM (it has no hook) and runs the same,
    idempotent sequence; it exits 0 once deregistered.
 3. The model server gets SIGTERM only after its hook returned: nobody routes
@@ -47,6 +49,7 @@ class ManifestConfig:
     grpc_port: int = 8500
     status_port: int = 8502
     agent_port: int = 8510
+    control_port: int = 8511  # the agent's loopback listener for /drain
     server_grace_s: int = 10
     drain_wait_s: float = 5.0
     in_flight_timeout_s: float = 20.0
@@ -105,8 +108,9 @@ def deployment(cfg: ManifestConfig) -> Any:
         readiness_probe=_http_probe("/readyz", "agent-http", 2, 1) if http else None,
         # 6 x 10 s: an agent restart (seconds) must not restart the model server with it
         liveness_probe=_http_probe("/healthz", "agent-http", 10, 6),
-        lifecycle=k.V1Lifecycle(pre_stop=k.V1LifecycleHandler(
-            http_get=k.V1HTTPGetAction(path="/drain", port="agent-http"))),
+        lifecycle=k.V1Lifecycle(pre_stop=k.V1LifecycleHandler(_exec=k.V1ExecAction(command=[
+            "wei-agent", "drain", "--agent-url", f"http://127.0.0.1:{cfg.control_port}",
+            "--timeout-s", f"{cfg.drain_wait_s + cfg.in_flight_timeout_s + 10:g}"]))),
     )
     agent_args = ["run", "--drain-wait-s", f"{cfg.drain_wait_s:g}",
                   "--in-flight-timeout-s", f"{cfg.in_flight_timeout_s:g}"]
@@ -116,6 +120,7 @@ def deployment(cfg: ManifestConfig) -> Any:
              _env("WEI_TARGET", f"127.0.0.1:{cfg.grpc_port}"),
              _env("WEI_STATUS_URL", f"http://127.0.0.1:{cfg.status_port}"),
              _env("WEI_PLUGIN_DIR", "/health-plugins"), _env("WEI_HTTP_PORT", str(cfg.agent_port)),
+             _env("WEI_CONTROL_PORT", str(cfg.control_port)),
              _env("WEI_POD_NAME", field="metadata.name"), _env("WEI_POD_NAMESPACE", field="metadata.namespace"),
              _env("WEI_NODE_NAME", field="spec.nodeName"), _env("WEI_POD_IP", field="status.podIP"),
              _env("WEI_CPU_LIMIT_MILLICORES", resource="limits.cpu")],
@@ -165,7 +170,7 @@ def add_manifest_parser(sub: argparse._SubParsersAction) -> None:
     for name in ("name", "namespace", "service", "server_image", "agent_image", "plugin_image", "plugin_source",
                  "models_dir", "zk", "cpu", "memory"):
         m.add_argument(f"--{name.replace('_', '-')}", default=getattr(d, name), help=f"(default {getattr(d, name)})")
-    for name in ("replicas", "grpc_port", "status_port", "agent_port", "server_grace_s"):
+    for name in ("replicas", "grpc_port", "status_port", "agent_port", "control_port", "server_grace_s"):
         m.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name),
                        help=f"(default {getattr(d, name)})")
     m.add_argument("--drain-wait-s", type=float, default=d.drain_wait_s)

@@ -48,8 +48,10 @@ def test_shutdown_is_ordered_and_covered_by_the_grace_period():
     pod = deployment(cfg).spec.template.spec
     server, agent = pod.containers
     assert (server.name, agent.name) == ("model-server", "agent")
-    assert server.lifecycle.pre_stop.http_get.path == "/drain"
-    assert server.lifecycle.pre_stop.http_get.port == "agent-http"
+    # /drain is served on the agent's loopback control port only: the hook is an exec inside the pod
+    assert server.lifecycle.pre_stop._exec.command[:4] == \
+        ["wei-agent", "drain", "--agent-url", f"http://127.0.0.1:{cfg.control_port}"]
+    assert server.lifecycle.pre_stop.http_get is None
     assert agent.lifecycle is None  # the agent drains on its own SIGTERM
     budget = AgentConfig(service="ctr", target="127.0.0.1:8500").shutdown_budget_s
     assert pod.termination_grace_period_seconds >= budget + cfg.server_grace_s
