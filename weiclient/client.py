@@ -190,6 +190,11 @@ class WeiClient:
         ``consistent_hash`` and makes the split sticky per key. ``split``:
         scatter the rows over several instances (None: above
         ``ScatterConfig.auto_rows``). Output arrays are read-only views.
+
+        Raises only :class:`WeiClientError`. A :class:`RequestError` (a bad
+        argument, the server's INVALID_ARGUMENT such as a row limit, a message
+        over a size limit, an unknown model) is raised at once: not retried,
+        not counted against any pod.
         """
         with self._metered(model):
             plans, shards = self._plans(model, inputs, version, outputs, timeout, key, split)
