@@ -75,14 +75,16 @@ class RecoveryConfig:
     so a client that is merely between two attempts is never taken for a
     refused one. ``probe_timeout_s`` (5 s): how long the probe client may take
     to get a session (a healthy ensemble answers in milliseconds; an election
-    takes a few seconds). ``max_probe_interval_s`` (60 s): probes double from
-    ``stuck_after_s`` up to this while ZooKeeper stays down (each costs a
-    connection and a session on the ensemble).
+    takes a few seconds). ``max_probe_interval_s`` (15 s): probes double from
+    ``stuck_after_s`` up to this while ZooKeeper stays down, so a refused
+    client is restarted at most this long after the ensemble answers again; a
+    probe of a down ensemble costs one refused connection, one of an
+    answering ensemble a session, opened and closed at once.
     """
 
     stuck_after_s: float = 10.0
     probe_timeout_s: float = 5.0
-    max_probe_interval_s: float = 60.0
+    max_probe_interval_s: float = 15.0
 
     def __post_init__(self) -> None:
         for name in ("stuck_after_s", "probe_timeout_s", "max_probe_interval_s"):

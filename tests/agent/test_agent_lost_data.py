@@ -8,6 +8,7 @@ import re
 import threading
 import time
 import urllib.request
+from dataclasses import replace
 
 import agent_shell_helpers as h
 import pytest
@@ -15,11 +16,13 @@ from kazoo.client import KazooClient
 
 from registry.publisher import PublisherConfig
 from registry.records import State, decode_instance
-from registry.session import RecoveryConfig, RegistryState
+from registry.session import RecoveryConfig, RegistryState, SessionStatus
 from registry.testing import ZooKeeperEnsemble
 from registry.zk import ZkSettings
 from server_agent.agent import Agent
-from server_agent.http import AgentHttp
+from server_agent.config import AgentConfig
+from server_agent.http import AgentHttp, verdict
+from server_agent.lifecycle import Phase
 
 
 def get(url: str) -> str:
@@ -80,3 +83,28 @@ def test_agent_registers_again_after_zookeeper_lost_its_data(single, tmp_path):
         http.close(drain_grace_s=0)
         agent.close()
         server.stop()
+
+
+@pytest.mark.parametrize("phase,state,problem,ok,words", [
+    (Phase.SERVING, RegistryState.CONNECTED, None, True, "ready"),
+    (Phase.SERVING, RegistryState.SUSPENDED, None, True, "ready"),  # the node may live; clients still route
+    (Phase.SERVING, RegistryState.LOST, None, False, "registry lost"),
+    (Phase.WARMING, RegistryState.RECONNECTING_FRESH, None, False, "registry reconnecting-fresh"),
+    (Phase.SERVING, RegistryState.CONNECTED, "/x belongs to live session 0x1: is the instance id used twice?",
+     False, "used twice"),
+    (Phase.WAITING, RegistryState.LOST, None, True, "ready"),  # not registered yet: nothing is missing
+])
+def test_readyz_says_when_the_registered_pod_is_not_in_zookeeper(phase, state, problem, ok, words):
+    """The incident: /readyz stayed 200 while the pod could never register again."""
+    config = AgentConfig(service="ctr", target=f"127.0.0.1:{h.free_port()}", status_url=None,
+                         zk=ZkSettings(hosts=f"127.0.0.1:{h.free_port()}"), publisher=PublisherConfig(recovery=None))
+    agent = Agent(config, capacity=h.capacity(2)).start()
+    try:
+        view = agent.view
+        view = replace(view, phase=phase, engine=replace(view.engine, started=True, ready=True, alive=True),
+                       registry=SessionStatus(state=state, since=0.0, detail="test"),
+                       registration_problem=problem, heartbeat=0.0)
+        got, reason = verdict(view, "readyz", 1.0)
+        assert got is ok and words in reason, reason
+    finally:
+        agent.close()
