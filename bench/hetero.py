@@ -88,13 +88,15 @@ class Pod:
     status_port: int = 0
     server: subprocess.Popen | None = None
     agent: subprocess.Popen | None = None
+    extra_args: tuple[str, ...] = ()
 
     def start(self) -> None:
         self.port, self.status_port = free_ports(2)
         self.server = subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "--models", str(self.models), "--host", "127.0.0.1",
              "--port", str(self.port), "--status-port", str(self.status_port), "--num-batch-threads", "1",
-             "--max-batch-size", "512", "--batch-timeout-micros", "500", "--log-level", "warning"],
+             "--max-batch-size", "512", "--batch-timeout-micros", "500", "--log-level", "warning",
+             *self.extra_args],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
     def requests(self) -> int:
