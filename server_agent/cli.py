@@ -26,6 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
+from registry.cli_args import advertised_port, bind_port, integer, number
+
 PROG = "wei-agent"
 DEFAULT_AGENT_URL = "http://127.0.0.1:8510"
 DEFAULT_CONTROL_URL = "http://127.0.0.1:8511"  # /drain: served on loopback only
@@ -60,7 +62,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     a("--zk", default=_env("WEI_ZK", "127.0.0.1:2181"), metavar="HOSTS", help="ZooKeeper (env WEI_ZK)")
     a("--zk-root", default=_env("WEI_ZK_ROOT", "/weiserving"), metavar="PATH", help="registry root (WEI_ZK_ROOT)")
     a("--zk-auth", default=_env("WEI_ZK_AUTH"), metavar="USER:PASSWORD", help="digest auth (WEI_ZK_AUTH)")
-    a("--session-timeout-s", type=float, default=10.0, help="ZooKeeper session timeout (10)")
+    a("--session-timeout-s", type=number(above=0), default=10.0, help="ZooKeeper session timeout (10)")
     a("--service", default=_env("WEI_SERVICE"), help="service name (WEI_SERVICE)")
     a("--target", default=_env("WEI_TARGET", "127.0.0.1:8500"), metavar="HOST:PORT",
       help="the model server's gRPC endpoint (WEI_TARGET, default 127.0.0.1:8500)")
@@ -69,12 +71,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     a("--plugin-dir", type=Path, default=_env("WEI_PLUGIN_DIR"), metavar="DIR",
       help="business health plugins (WEI_PLUGIN_DIR)")
     a("--plugin-param", action="append", default=[], metavar="KEY=VALUE", help="a parameter for every plugin")
-    a("--plugin-timeout-s", type=float, default=5.0, help="per plugin (5)")
+    a("--plugin-timeout-s", type=number(above=0), default=5.0, help="per plugin (5)")
     a("--http-host", default=_env("WEI_HTTP_HOST", "0.0.0.0"), help="endpoint bind address (0.0.0.0)")
-    a("--http-port", type=int, default=int(_env("WEI_HTTP_PORT", "8510") or 8510),
+    a("--http-port", type=bind_port, default=_env("WEI_HTTP_PORT", "8510"),
       help="endpoint port, 0 picks one (WEI_HTTP_PORT, 8510)")
     a("--no-drain-endpoint", action="store_true", help="do not serve /drain")
-    a("--control-port", type=int, default=_env("WEI_CONTROL_PORT"),
+    a("--control-port", type=bind_port, default=_env("WEI_CONTROL_PORT"),
       help="loopback port that serves /drain (WEI_CONTROL_PORT; default the --http-port + 1, 8511)")
     a("--control-token-file", type=Path, default=_env("WEI_CONTROL_TOKEN_FILE"), metavar="FILE",
       help="/drain then needs 'Authorization: Bearer <token>', and is served on --http-host too "
@@ -82,23 +84,25 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     a("--instance-id", default=_env("WEI_INSTANCE_ID") or _env("WEI_POD_NAME"),
       help="registry id (WEI_INSTANCE_ID, WEI_POD_NAME, else HOSTNAME-PORT)")
     a("--address", default=_env("WEI_POD_IP"), help="advertised address (WEI_POD_IP, else the target's host)")
-    a("--port", type=int, help="advertised port (default: the target's)")
+    a("--port", type=advertised_port, help="advertised port (default: the target's)")
     a("--zone", default=_env("WEI_ZONE", ""), help="zone (WEI_ZONE)")
     a("--node", default=_env("WEI_NODE_NAME", ""), help="node name (WEI_NODE_NAME)")
     a("--label", action="append", default=[], metavar="KEY=VALUE", help="a label on the record")
     for kind, period, failures, timeout in (("startup", 1.0, 600, 1.0), ("readiness", 2.0, 3, 5.0),
                                             ("liveness", 5.0, 3, 1.0)):
-        a(f"--{kind}-period-s", type=float, default=period, help=f"{kind} periodSeconds ({period:g})")
-        a(f"--{kind}-failure-threshold", type=int, default=failures, help=f"{kind} failureThreshold ({failures})")
-        a(f"--{kind}-timeout-s", type=float, default=timeout, help=f"{kind} timeoutSeconds ({timeout:g})")
-    a("--status-poll-s", type=float, default=5.0, help="weight controller pace (5)")
-    a("--drain-wait-s", type=float, default=5.0, help="drained node stays this long before deletion (5)")
-    a("--in-flight-timeout-s", type=float, default=20.0, help="then wait this long for in-flight calls (20)")
-    a("--ramp-s", type=float, help="slow start (60)")
-    a("--latency-target-ms", type=float, help="p99 target (100)")
-    a("--publish-threshold", type=float, help="relative move that publishes (0.10)")
-    a("--max-interval-s", type=float, help="publish at least this often when the weight drifted (60)")
-    a("--cpu-cores", type=float, help="declared capacity in cores, instead of detecting it")
+        a(f"--{kind}-period-s", type=number(above=0), default=period, help=f"{kind} periodSeconds ({period:g})")
+        a(f"--{kind}-failure-threshold", type=integer(1), default=failures,
+          help=f"{kind} failureThreshold ({failures})")
+        a(f"--{kind}-timeout-s", type=number(above=0), default=timeout, help=f"{kind} timeoutSeconds ({timeout:g})")
+    a("--status-poll-s", type=number(above=0), default=5.0, help="weight controller pace (5)")
+    a("--drain-wait-s", type=number(at_least=0), default=5.0, help="drained node stays this long before deletion (5)")
+    a("--in-flight-timeout-s", type=number(at_least=0), default=20.0,
+      help="then wait this long for in-flight calls (20)")
+    a("--ramp-s", type=number(at_least=0), help="slow start (60)")
+    a("--latency-target-ms", type=number(above=0), help="p99 target (100)")
+    a("--publish-threshold", type=number(at_least=0), help="relative move that publishes (0.10)")
+    a("--max-interval-s", type=number(above=0), help="publish at least this often when the weight drifted (60)")
+    a("--cpu-cores", type=number(above=0), help="declared capacity in cores, instead of detecting it")
     a("--calibrate", action="store_true", help="time synthetic batches before registering: the capacity prior")
     a("--calibrate-model", metavar="NAME", help="the model to calibrate on (default: the first one listed)")
     a("--calibrate-batch-sizes", metavar="N,N,...", help="batch sizes to time (1,8,32,128,512)")
@@ -113,14 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="ask the running agent (for exec probes): exit 0 or 1 with the reason")
     pr.add_argument("kind", choices=("readiness", "liveness", "startup"))
     pr.add_argument("--agent-url", default=_env("WEI_AGENT_URL", DEFAULT_AGENT_URL))
-    pr.add_argument("--timeout-s", type=float, default=3.0)
+    pr.add_argument("--timeout-s", type=number(above=0), default=3.0)
     pr.set_defaults(func=cmd_probe)
     dr = sub.add_parser("drain", help="start the agent's shutdown sequence and wait until it deregistered")
     dr.add_argument("--agent-url", default=_env("WEI_CONTROL_URL", DEFAULT_CONTROL_URL),
                     help=f"the agent's control listener (WEI_CONTROL_URL, {DEFAULT_CONTROL_URL})")
     dr.add_argument("--token-file", type=Path, default=_env("WEI_CONTROL_TOKEN_FILE"), metavar="FILE",
                     help="the control token, if the agent has one (WEI_CONTROL_TOKEN_FILE or WEI_CONTROL_TOKEN)")
-    dr.add_argument("--timeout-s", type=float, default=60.0)
+    dr.add_argument("--timeout-s", type=number(above=0), default=60.0)
     dr.set_defaults(func=cmd_drain)
     from .manifest import add_manifest_parser
 

@@ -11,19 +11,22 @@ Flags given on the command line override the config file (see
 ``wei-serve: serving N model(s) on HOST:PORT, status http://HOST:PORT/status``.
 SIGTERM or SIGINT drains (health NOT_SERVING, new calls UNAVAILABLE,
 in-flight calls finish within ``--grace-s``) and exits 0; a second signal
-forces an immediate stop and exits 1. Errors are one line and exit 2.
+forces an immediate stop and exits 1. Errors are one line and exit 2; a flag
+out of its range (``--port 70000``) is refused before anything starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from serving.config import ServerConfig, VersionPolicy, load_config
 from serving.errors import ServingError
@@ -35,35 +38,81 @@ BATCH_FLAGS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
 RESPONSE_FLUSH_S = 2.0
 """After a clean drain, how long gRPC may take to write the last responses (it returns once done)."""
 
+PORT_MAX = 65535
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage block
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# The same rules as registry/cli_args.py (serving may import only protocol): a bad value is
+# refused while parsing, in one line naming the flag, the valid range and what was given.
+def _check(text: str, kind: type, ok: Callable[[Any], bool], expected: str) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def _integer(lo: int, hi: int | None = None, what: str = "an integer",
+             note: str = "") -> Callable[[str], int]:
+    expected = (f"{what} in {lo}..{hi}" if hi is not None else f"{what} >= {lo}") + note
+    return lambda text: _check(text, int, lambda v: lo <= v and (hi is None or v <= hi), expected)
+
+
+def _number(*, above: float | None = None, at_least: float | None = None) -> Callable[[str], float]:
+    if above is not None:
+        return lambda text: _check(text, float, lambda v: v > above, f"a number > {above:g}")
+    low = 0.0 if at_least is None else at_least
+    return lambda text: _check(text, float, lambda v: v >= low, f"a number >= {low:g}")
+
+
+_port = _integer(0, PORT_MAX, "a port", " (0 picks a free one)")
+def _status_port(text: str) -> int:
+    return _check(text, int, lambda v: v == -1 or 0 <= v <= PORT_MAX,
+                  f"a port in 0..{PORT_MAX} (0 picks a free one) or -1 (no status endpoint)")
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(s) for s in text.split(",") if s)
+        sizes = tuple(int(s) for s in text.split(",") if s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") \
-            from None
+        sizes = ()
+    if not sizes or any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)) or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected increasing comma-separated integers >= 1, e.g. 8,16,32, got {text!r}")
+    return sizes
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wei-serve", description="WeiServing model server")
+    p = _Parser(prog="wei-serve", description="WeiServing model server")
     p.add_argument("--models", required=True, type=Path, help="model repository DIR/{model}/{version}")
-    p.add_argument("--port", type=int, help="gRPC port (default 8500; 0 picks a free one)")
+    p.add_argument("--port", type=_port, help="gRPC port (default 8500; 0 picks a free one)")
     p.add_argument("--host", help="gRPC bind address (default [::])")
-    p.add_argument("--status-port", type=int, help="HTTP status port (default 8502; -1 disables)")
+    p.add_argument("--status-port", type=_status_port,
+                   help="HTTP status port (default 8502; 0 picks a free one; -1 disables)")
     p.add_argument("--config", type=Path, help="TOML file with server, batching and per-model settings")
-    p.add_argument("--max-batch-size", type=int)
-    p.add_argument("--batch-timeout-micros", type=int)
-    p.add_argument("--max-enqueued-batches", type=int)
-    p.add_argument("--num-batch-threads", type=int)
+    p.add_argument("--max-batch-size", type=_integer(1))
+    p.add_argument("--batch-timeout-micros", type=_integer(0))
+    p.add_argument("--max-enqueued-batches", type=_integer(1))
+    p.add_argument("--num-batch-threads", type=_integer(1))
     p.add_argument("--allowed-batch-sizes", type=_sizes, help="e.g. 8,16,32 (pads up to them)")
     p.add_argument("--split-requests", action="store_true", help="cut requests to fill batches "
                    "and into max-batch-size parts (TF Serving's large batch splitting)")
     p.add_argument("--no-batching", action="store_true", help="run each request alone")
-    p.add_argument("--slo-p99-ms", type=float, help="SLO mode: size batches online for this p99")
+    p.add_argument("--slo-p99-ms", type=_number(above=0),
+                   help="SLO mode: size batches online for this p99")
     p.add_argument("--version-policy", help="latest[:N] | all | specific:V1,V2 (all models)")
-    p.add_argument("--poll-interval-s", type=float, help="model directory poll period (default 1)")
-    p.add_argument("--grace-s", type=float, help="drain grace period on SIGTERM (default 10)")
-    p.add_argument("--max-message-bytes", type=int, help="largest request accepted (default 64 MiB)")
-    p.add_argument("--grpc-workers", type=int, help="concurrent calls served (default 64)")
+    p.add_argument("--poll-interval-s", type=_number(above=0),
+                   help="model directory poll period (default 1)")
+    p.add_argument("--grace-s", type=_number(at_least=0), help="drain grace period on SIGTERM (default 10)")
+    p.add_argument("--max-message-bytes", type=_integer(1),
+                   help="largest request accepted (default 64 MiB)")
+    p.add_argument("--grpc-workers", type=_integer(1), help="concurrent calls served (default 64)")
     p.add_argument("--log-level", default="INFO")
     return p
 

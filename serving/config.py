@@ -201,6 +201,11 @@ class ServerConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "models_dir", Path(self.models_dir))
         _positive(self, "poll_interval_s", "max_message_bytes", "grpc_workers")
+        for name in ("port", "status_port"):    # a socket binds 70000 as 70000 % 65536 = 4464
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 65535:
+                raise ConfigError(f"ServerConfig.{name} must be a port in 0..65535 (0 picks a "
+                                  f"free one), got {value}")
         if self.grace_s < 0:
             raise ConfigError("ServerConfig.grace_s must be >= 0")
 

@@ -52,7 +52,9 @@ def test_errors_are_one_line_and_exit_nonzero(tmp_path):
         (["--models", str(tmp_path), "--config", str(tmp_path / "nope.toml")],
          "cannot read config"),
         (["--models", str(tmp_path), "--max-batch-size", "0", "--port", "0"],
-         "max_batch_size must be > 0"),
+         "argument --max-batch-size: expected an integer >= 1, got '0'"),
+        (["--models", str(tmp_path), "--port", "70000"],      # was bound as port 4464
+         "argument --port: expected a port in 0..65535 (0 picks a free one), got '70000'"),
         (["--models", str(tmp_path), "--version-policy", "newest"], "bad version policy"),
     ]:
         proc = start(*args)
