@@ -3,7 +3,13 @@
     wei-registry ls ctr                   members as a table (--json: Curator dicts)
     wei-registry watch ctr --count 5      print each new membership snapshot
     wei-registry config ctr               traffic splits and balancer policy
-    wei-registry split ctr ctr 12=90 13=10
+    wei-registry split ctr ctr 12=90 13=10 [--force]
+
+Tables are plain columns when not on a wide enough terminal (see
+:mod:`registry.cli_view`): ids and addresses are never cut. ``split`` refuses
+a version with a share > 0 that no routable pod of the service hosts (every
+call routed to it would fail with NoEndpointAvailable) unless ``--force``;
+``config`` warns, and exits 1, when the policy is not one clients know.
 
 Every failure is one line on stderr, ``wei-registry: error: ...``, exit 2 for
 bad arguments and 1 for everything else (ZooKeeper unreachable, unknown
@@ -13,7 +19,6 @@ service, invalid data); never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -21,26 +26,24 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoAuthError, NoNodeError, ZookeeperError
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
+from .cli_args import integer, number
+from .cli_view import config_view, footer, out, print_json, show_members, snapshot_header
+from .cli_view import human_age as human_age  # re-exported: the CLI's pure helpers live there now
 from .errors import RecordError, RegistryError, ServiceNotFound
-from .membership import MembershipSnapshot
 from .records import InstanceRecord, check_name, decode_member, instance_to_json
-from .service_config import DEFAULT_POLICY, ConfigStore, ServiceConfig, config_to_json
+from .service_config import POLICY_NAMES, ConfigStore, ServiceConfig, config_to_json
 from .watcher import MembershipWatcher
 from .zk import RegistryPaths, ZkSettings, connect
 
 PROG = "wei-registry"
-out = Console(highlight=False, soft_wrap=True)
 Command = Callable[[KazooClient, RegistryPaths, argparse.Namespace], int]
 
 
@@ -54,21 +57,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- pure helpers ----------------------------------------------------------------
-
-def human_age(seconds: float) -> str:
-    """``45s``, ``2m13s``, ``3h05m``, ``4d02h``; ``-`` when unknown or negative."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "-"
-    s = int(seconds)
-    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
-        if s >= size:
-            return f"{s // size}{unit}{(s % size) // sub_size:02d}{sub}"
-    return f"{s}s"
-
-
-def format_models(rec: InstanceRecord) -> str:
-    return " ".join(f"{m}:{','.join(map(str, vs))}" for m, vs in rec.models.items()) or "-"
-
 
 def parse_split(items: Sequence[str]) -> dict[int, float]:
     """``["12=90", "13=10"]`` -> ``{12: 90.0, 13: 10.0}``; UsageError says what is wrong."""
@@ -138,53 +126,6 @@ def read_members(client: KazooClient, paths: RegistryPaths,
     return members, rejected
 
 
-# -- rendering -----------------------------------------------------------------------
-
-def members_table(records: Sequence[InstanceRecord], now: float, held: frozenset[str] = frozenset()) -> Table:
-    table = Table("id", "address", "weight", "state", "enabled", "models", "zone", "age")
-    for r in records:
-        state = f"{r.state.value} (held)" if r.id in held else r.state.value
-        cells = (r.id, r.endpoint, f"{r.weight:g}", state, "yes" if r.enabled else "no",
-                 format_models(r), r.zone or "-", human_age(now - r.registration_time_ms / 1000))
-        table.add_row(*(Text(c) for c in cells))
-    return table
-
-
-def footer(records: Sequence[InstanceRecord], rejected: dict[str, str]) -> str:
-    routable = sum(1 for r in records if r.routable)
-    line = f"{len(records)} members, {routable} routable, {len(rejected)} rejected"
-    return line + "".join(f"\n  rejected {node}: {why}" for node, why in sorted(rejected.items()))
-
-
-def snapshot_header(snap: MembershipSnapshot, now: float) -> str:
-    fresh = f"STALE for {human_age(snap.staleness(now))}" if snap.stale else "live"
-    return f"version {snap.version} · {fresh} · {snap.reason}"
-
-
-def config_view(service: str, cfg: ServiceConfig | None) -> None:
-    if cfg is None:
-        out.print(f"{service}: no config node: defaults ({DEFAULT_POLICY}, no splits)")
-        return
-    knobs = ", ".join(f"{k}={v}" for k, v in cfg.balancer.knobs.items()) or "no knobs"
-    out.print(Text(f"{service}: balancer {cfg.balancer.policy} ({knobs})"))
-    if cfg.updated_ms:
-        when = datetime.fromtimestamp(cfg.updated_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-        out.print(f"updated {when} ({human_age(time.time() - cfg.updated_ms / 1000)} ago)")
-    if not cfg.splits:
-        out.print("no splits")
-        return
-    table = Table("model", "version", "share %")
-    for model, split in cfg.splits.items():
-        for version, share in split.items():
-            table.add_row(Text(model), str(version), f"{share:g}")
-    out.print(table)
-
-
-def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
-    sys.stdout.flush()
-
-
 # -- commands ----------------------------------------------------------------------
 
 def cmd_ls(client: KazooClient, paths: RegistryPaths, args: argparse.Namespace) -> int:
@@ -195,7 +136,7 @@ def cmd_ls(client: KazooClient, paths: RegistryPaths, args: argparse.Namespace) 
         for node, why in sorted(rejected.items()):
             sys.stderr.write(f"{PROG}: warning: skipped node {node}: {why}\n")
         return 0
-    out.print(members_table(members, time.time()))
+    show_members(members, time.time())
     out.print(Text(footer(members, rejected)))
     return 0
 
@@ -221,7 +162,7 @@ def cmd_watch(client: KazooClient, paths: RegistryPaths, args: argparse.Namespac
             now = time.time()
             out.print(Text(snapshot_header(snap, now)))
             members = list(snap.instances.values())
-            out.print(members_table(members, now, snap.held))
+            show_members(members, now, snap.held)
             out.print(Text(footer(members, dict(snap.rejected))))
             if args.count and shown >= args.count:
                 break
@@ -234,6 +175,14 @@ def cmd_watch(client: KazooClient, paths: RegistryPaths, args: argparse.Namespac
     return 0
 
 
+def unknown_policy_warning(cfg: ServiceConfig | None) -> str | None:
+    """The warning for a policy no client knows (clients keep the policy they run), else None."""
+    if cfg is None or cfg.balancer.policy in POLICY_NAMES:
+        return None
+    return (f"balancer policy {cfg.balancer.policy!r} is not one clients know "
+            f"({', '.join(POLICY_NAMES)}): they log an error and keep the policy they run")
+
+
 def cmd_config(client: KazooClient, paths: RegistryPaths, args: argparse.Namespace) -> int:
     require_service(client, paths, args.service)
     cfg = ConfigStore(client, paths=paths).get(args.service)
@@ -242,10 +191,29 @@ def cmd_config(client: KazooClient, paths: RegistryPaths, args: argparse.Namespa
                     **config_to_json(cfg or ServiceConfig())})
     else:
         config_view(args.service, cfg)
+    if (warning := unknown_policy_warning(cfg)) is not None:
+        sys.stderr.write(f"{PROG}: warning: {warning}\n")
+        return 1
     return 0
 
 
+def unhosted_versions(members: Sequence[InstanceRecord], model: str,
+                      split: Mapping[int, float]) -> tuple[list[int], list[int]]:
+    """(versions given a share > 0 that no routable member hosts, versions routable members host)."""
+    hosted = sorted({v for r in members if r.routable for v in r.models.get(model, ())})
+    return [v for v, share in split.items() if share > 0 and v not in hosted], hosted
+
+
 def cmd_split(client: KazooClient, paths: RegistryPaths, args: argparse.Namespace) -> int:
+    if not args.force:
+        members, _ = read_members(client, paths, args.service)
+        missing, hosted = unhosted_versions(members, args.model, args.split)
+        if missing:
+            where = f"versions {', '.join(map(str, hosted))}" if hosted else "no version"
+            raise UsageError(
+                f"no routable pod of service {args.service!r} hosts {args.model} version(s) "
+                f"{', '.join(map(str, missing))} (they host {where}): every call routed there "
+                f"would fail with NoEndpointAvailable; pass --force to set the split anyway")
     cfg = ConfigStore(client, paths=paths).set_split(args.service, args.model, args.split)
     shares = " ".join(f"{v}={s:g}" for v, s in cfg.splits[args.model].items())
     out.print(Text(f"{args.service}: split for {args.model} is now {shares}"))
@@ -260,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zk", metavar="HOSTS", help="connect string (env WEI_ZK, default 127.0.0.1:2181)")
     p.add_argument("--root", metavar="PATH", help="registry root (env WEI_ZK_ROOT, default /weiserving)")
     p.add_argument("--auth", metavar="USER:PASSWORD", help="digest credentials for writes (env WEI_ZK_AUTH)")
-    p.add_argument("--timeout", metavar="SECONDS", type=float, default=5.0, help="connect timeout (5)")
+    p.add_argument("--timeout", metavar="SECONDS", type=number(above=0), default=5.0, help="connect timeout (5)")
     p.add_argument("-v", "--verbose", action="store_true", help="log kazoo and registry messages to stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -274,12 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("ls", cmd_ls, "list a service's members (--json: Curator-shaped instances)", as_json=True)
     w = command("watch", cmd_watch, "print the membership each time it changes (Ctrl-C ends)")
-    w.add_argument("--count", type=int, default=0, metavar="N", help="stop after N snapshots")
-    w.add_argument("--duration", type=float, default=0.0, metavar="SECONDS", help="stop after this long")
+    w.add_argument("--count", type=integer(0), default=0, metavar="N", help="stop after N snapshots")
+    w.add_argument("--duration", type=number(at_least=0), default=0.0, metavar="SECONDS",
+                   help="stop after this long")
     command("config", cmd_config, "show a service's traffic splits and balancer policy", as_json=True)
     s = command("split", cmd_split, "set a model's traffic split, e.g. split ctr ctr 12=90 13=10")
     s.add_argument("model")
     s.add_argument("shares", nargs="+", metavar="VERSION=SHARE")
+    s.add_argument("--force", action="store_true",
+                   help="set the split even if no routable pod hosts a version given a share")
     return p
 
 
@@ -289,10 +260,6 @@ def check_args(args: argparse.Namespace) -> None:
     if args.command == "split":
         _name("model", args.model)
         args.split = parse_split(args.shares)
-    if args.command == "watch" and (args.count < 0 or args.duration < 0):
-        raise UsageError("--count and --duration must be >= 0")
-    if not args.timeout > 0:
-        raise UsageError("--timeout must be > 0")
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -39,9 +40,17 @@ def cli(settings: ZkSettings | None, *args: str, **extra_env: str) -> subprocess
 
 
 def table_rows(stdout: str) -> list[list[str]]:
-    """The cells of each table body row."""
-    return [[c.strip() for c in line.strip("│").split("│")] for line in stdout.splitlines()
-            if line.startswith("│")]
+    """The cells of each table body row (piped, tables are plain columns two spaces apart)."""
+    found, width = [], 0
+    for line in stdout.splitlines():
+        cells = re.split(r" {2,}", line.strip())
+        if line.startswith(("ID ", "MODEL ")):
+            width = len(cells)
+        elif width and len(cells) == width:
+            found.append(cells)
+        else:
+            width = 0
+    return found
 
 
 def rows(stdout: str) -> dict[str, list[str]]:
@@ -133,7 +142,7 @@ def test_hosts_and_root_come_from_the_environment(zk_settings, make_client):
 # -- config and split -----------------------------------------------------------------
 
 def test_split_then_config_shows_it(zk, zk_settings):
-    result = cli(zk_settings, "split", "ctr", "ctr", "12=90", "13=10")  # no instance yet: allowed
+    result = cli(zk_settings, "split", "ctr", "ctr", "12=90", "13=10", "--force")  # no pod yet: forced
     assert result.returncode == 0, result.stderr
     assert "split for ctr is now 12=90 13=10" in result.stdout
     stored = ConfigStore(zk).get("ctr")
@@ -145,7 +154,7 @@ def test_split_then_config_shows_it(zk, zk_settings):
     table = table_rows(shown.stdout)
     assert ["ctr", "12", "90"] in table and ["ctr", "13", "10"] in table
 
-    assert cli(zk_settings, "split", "ctr", "ctr", "13=100").returncode == 0
+    assert cli(zk_settings, "split", "ctr", "ctr", "13=100", "--force").returncode == 0
     as_json = json.loads(cli(zk_settings, "config", "ctr", "--json").stdout)
     assert as_json["present"] is True
     assert as_json["splits"] == {"ctr": {"13": 100.0}}
@@ -153,12 +162,12 @@ def test_split_then_config_shows_it(zk, zk_settings):
 
 
 def test_split_needs_the_writers_credentials_once_acls_are_set(zk_settings, make_client):
-    assert cli(zk_settings, "--auth", "ops:s3cret", "split", "ctr", "ctr", "12=100").returncode == 0
+    assert cli(zk_settings, "--auth", "ops:s3cret", "split", "ctr", "ctr", "12=100", "--force").returncode == 0
     try:
-        no_auth = cli(zk_settings, "split", "ctr", "ctr", "13=100")
+        no_auth = cli(zk_settings, "split", "ctr", "ctr", "13=100", "--force")
         assert_one_error_line(no_auth, 1, "not authorised", "--auth")
-        assert_one_error_line(cli(zk_settings, "--auth", "ops:wrong", "split", "ctr", "ctr", "13=100"), 1,
-                              "not authorised")
+        assert_one_error_line(cli(zk_settings, "--auth", "ops:wrong", "split", "ctr", "ctr", "13=100",
+                                  "--force"), 1, "not authorised")
         shown = cli(zk_settings, "config", "ctr", "--json")  # readers need no credentials
         assert json.loads(shown.stdout)["splits"] == {"ctr": {"12": 100.0}}
     finally:  # the chroot's cleanup has no credentials
