@@ -210,7 +210,9 @@ class SessionMonitor(WatchLoop[SessionStatus]):
             self._next_probe = now + self.config.stuck_after_s
         if self._status.state is RegistryState.RECONNECTING_FRESH:
             return  # our own restart's LOST: keep saying why
-        if state == KazooState.LOST:
+        if state == KazooState.LOST and self._client.client_state == KeeperState.CLOSED:
+            self._set(RegistryState.LOST, "the client was stopped")
+        elif state == KazooState.LOST:
             self._set(RegistryState.LOST, "session expired; reconnecting with a new one")
         else:
             self._set(RegistryState.SUSPENDED, "connection lost; the session may still live")
