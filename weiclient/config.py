@@ -14,8 +14,10 @@ from registry.membership import Protection
 
 from .balancer import RetryBudgetConfig
 from .errors import InvalidBalancerConfig
+from .throttle import ThrottleConfig
 
-__all__ = ["ChannelConfig", "ClientConfig", "HedgingConfig", "RetryConfig", "ScatterConfig"]
+__all__ = ["ChannelConfig", "ClientConfig", "HedgingConfig", "OverloadConfig", "RetryConfig", "ScatterConfig",
+           "ThrottleConfig"]
 
 
 def _positive(owner: str, **values: float) -> None:
@@ -126,6 +128,37 @@ class ChannelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OverloadConfig:
+    """How long a pod that refused a call for overload (RESOURCE_EXHAUSTED) is avoided
+    while another one can take the call; see :mod:`weiclient.attempts`.
+
+    The pod's own ``wei-retry-after-ms`` hint is followed, capped at
+    ``max_retry_after_s`` (1 s): the hint describes a queue that other
+    clients' load changes within a second, and no ranking call waits longer;
+    a broken hint (hours) must not keep a pod out. ``default_retry_after_s``
+    (50 ms): for a refusal without the hint (an old server's "batch queue
+    full"): about one batch's run, after which its queue has moved."""
+
+    default_retry_after_s: float = 0.05
+    max_retry_after_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive("overload", default_retry_after_s=self.default_retry_after_s,
+                  max_retry_after_s=self.max_retry_after_s)
+        if self.default_retry_after_s > self.max_retry_after_s:
+            raise InvalidBalancerConfig("overload.default_retry_after_s",
+                                        f"at most max_retry_after_s ({self.max_retry_after_s:g})",
+                                        self.default_retry_after_s)
+
+    def retry_after_s(self, hint_ms: str | None) -> float:
+        """Seconds to avoid a pod that refused with ``hint_ms`` (the metadata's value, None if absent):
+        the default when absent or not a decimal integer, else the hint within ``[0, max_retry_after_s]``."""
+        if hint_ms is None or not hint_ms.isascii() or not hint_ms.strip().isdigit():
+            return self.default_retry_after_s
+        return min(int(hint_ms.strip()) / 1000.0, self.max_retry_after_s)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClientConfig:
     """Everything :class:`~weiclient.client.WeiClient` can be told.
 
@@ -141,6 +174,8 @@ class ClientConfig:
     once it arrives (the defaults route meanwhile). ``metrics``: export
     Prometheus metrics, labelled by ``service`` and by ``client`` (see
     :mod:`weiclient.metrics`), so any number of clients live in one process.
+    ``throttle``: adaptive client-side throttling (:mod:`weiclient.throttle`);
+    ``overload``: how a pod's overload refusal is taken.
     """
 
     root: str = "/weiserving"
@@ -154,6 +189,8 @@ class ClientConfig:
     hedging: HedgingConfig = field(default_factory=HedgingConfig)
     scatter: ScatterConfig = field(default_factory=ScatterConfig)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
+    overload: OverloadConfig = field(default_factory=OverloadConfig)
     protection: Protection = field(default_factory=Protection)
     snapshot_file: Path | None = None
     scatter_threads: int = 16
