@@ -44,9 +44,16 @@ class RowLimitExceeded(InvalidInput):
 
 
 class Overloaded(ServingError):
-    """The batch queue is full or the payload too large: retry on another endpoint."""
+    """The batch queue is full or the payload too large: retry on another endpoint.
+
+    ``retry_after_s``: set when the refusal is about this server's load (not
+    the call's size): when it expects room again, sent as ``wei-retry-after-ms``."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Draining(ServingError):
