@@ -9,11 +9,20 @@
         View.current(now, epoch)          filter: not ejected; effective weights, prefix sums
         selector.select(...)              P2C / WRR / random / bounded-load hash / JSED /
                                           least outstanding / Prequal / ORCA WRR
-    on_start(endpoint, now, cost=) / on_finish(endpoint, now, latency_s, ok, load_report, cost=)
-                                          load metric and outlier events
+    on_start(endpoint, now, cost=) / on_finish(endpoint, now, latency_s, ok, load_report, cost=,
+                                               refused_for_s=)
+                                          load metric, outlier events, overload refusals
 
 ``cost`` is the call's size in rows (at least 1): load is counted in calls
 and in rows (see :mod:`.state`), and a pick may weigh this call's own rows.
+
+An overload refusal is a load signal, not a failure: ``on_finish(...,
+ok=None, refused_for_s=t)`` leaves the outlier record alone and marks the
+endpoint refusing for ``t``. Until then every pick, whatever the policy,
+treats it as excluded while another endpoint is available, and falls back
+to the policy's own choice over all of them when none is (the pod decides,
+a refusal is cheap). One place for every selector: the pick passes the
+refusing endpoints in ``exclude``, which every selector already honours.
 
 Nothing here reads a clock, sleeps, or does I/O: the transport passes ``now``
 (``time.monotonic()``) and the outcome of each call. Randomness comes from
@@ -43,7 +52,7 @@ from .policies import Policy
 from .sampling import sample_distinct
 from .scatter import Shard, plan_shards
 from .selectors import Selector
-from .state import EndpointKey, EndpointState, LoadTotals, coerce_load
+from .state import NEVER, EndpointKey, EndpointState, LoadTotals, coerce_load
 from .weights import Weigher
 
 __all__ = ["Balancer", "BalancerStats", "EndpointStats"]
@@ -64,6 +73,7 @@ class EndpointStats:
     consecutive_failures: int
     ejected_for_s: float      # 0 when not ejected
     times_ejected: int
+    refused_for_s: float = 0.0  # avoided for this long after an overload refusal
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +106,7 @@ class Balancer:
         self._epoch = 0           # membership or ejection changed: tables are out of date
         self._soft_epoch = 0      # a health factor changed: tables refresh within refresh_s
         self._met_members = False  # endpoints of the first membership are not ramped
+        self._refusals_until = NEVER  # the last refused_until of any endpoint: till then picks look
 
     def with_policy(self, policy: Policy) -> Balancer:
         """A balancer with another policy over the same membership and load state.
@@ -107,6 +118,7 @@ class Balancer:
         with self._lock:
             nxt._candidates = self._candidates
             nxt._met_members = self._met_members
+            nxt._refusals_until = self._refusals_until
             nxt._totals.in_flight = self._totals.in_flight
             nxt._totals.in_flight_rows = self._totals.in_flight_rows
         nxt._epoch = self._epoch + 1
@@ -176,8 +188,14 @@ class Balancer:
         ``now`` is monotonic seconds; ``cost`` the call's rows.
         """
         view, table = self._table(model, version, also, now)
-        ep = self._selector.select(view, table, key=key, exclude=exclude, now=now, rng=self._rng,
-                                   cost=_rows(cost))
+        rows = _rows(cost)
+        if now < self._refusals_until:  # O(1) otherwise: no endpoint refused lately
+            avoid = _refusing(table.endpoints, exclude, now)
+            if avoid is not None:
+                ep = self._selector.select(view, table, key=key, exclude=avoid, now=now, rng=self._rng, cost=rows)
+                if ep is not None:
+                    return ep
+        ep = self._selector.select(view, table, key=key, exclude=exclude, now=now, rng=self._rng, cost=rows)
         if ep is None:
             ejected = f", {table.ejected} ejected" if table.ejected else ""
             raise NoEndpointAvailable(model, version, Unavailable.ALL_EXCLUDED,
@@ -196,7 +214,10 @@ class Balancer:
             raise ValueError(f"max_shards: expected >= 1, got {max_shards}")
         _, table = self._table(model, version, also, now)
         k = len(table.endpoints) if max_shards is None else min(max_shards, len(table.endpoints))
-        chosen = sorted(sample_distinct(table, self._rng, k, exclude))
+        avoid = _refusing(table.endpoints, exclude, now) if now < self._refusals_until else None
+        chosen = sorted(sample_distinct(table, self._rng, k, avoid)) if avoid is not None else []
+        if not chosen:
+            chosen = sorted(sample_distinct(table, self._rng, k, exclude))
         if not chosen:
             raise NoEndpointAvailable(model, version, Unavailable.ALL_EXCLUDED,
                                       f"{len(table.endpoints)} available")
@@ -214,15 +235,18 @@ class Balancer:
             totals.in_flight += 1
             totals.in_flight_rows += rows
 
-    def on_finish(self, endpoint: Endpoint, now: float, latency_s: float | None, ok: bool,
-                  load_report: object = None, *, cost: float = 1.0) -> None:
+    def on_finish(self, endpoint: Endpoint, now: float, latency_s: float | None, ok: bool | None,
+                  load_report: object = None, *, cost: float = 1.0, refused_for_s: float = 0.0) -> None:
         """An attempt on ``endpoint`` ended after ``latency_s``.
 
-        ``ok`` is False when the *endpoint* failed (UNAVAILABLE, DEADLINE_EXCEEDED,
-        RESOURCE_EXHAUSTED, INTERNAL, a broken connection); a caller's own error
-        (INVALID_ARGUMENT) is not the endpoint's fault: pass True. ``load_report``
-        is a :class:`~.state.ServerLoad`, an ORCA ``LoadReport`` or None.
-        ``cost``: the rows the attempt was started with.
+        ``ok`` is True for an answer, False when the *endpoint* failed (UNAVAILABLE,
+        DEADLINE_EXCEEDED, INTERNAL, a broken connection), None when the outcome
+        says nothing of its health: an overload refusal, a caller's own error
+        (INVALID_ARGUMENT), a call we cancelled. Only a success's latency may lower
+        the estimate. ``refused_for_s`` (> 0 with an overload refusal): avoid the
+        endpoint that long (see the module docstring). ``load_report`` is a
+        :class:`~.state.ServerLoad`, an ORCA ``LoadReport`` or None. ``cost``: the
+        rows the attempt was started with.
         """
         report = coerce_load(load_report)
         rows = _rows(cost)
@@ -238,6 +262,9 @@ class Balancer:
             if (latency_s is not None and math.isfinite(latency_s) and latency_s >= 0.0
                     and (ok or latency_s > st.latency_s)):
                 st.observe_latency(now, latency_s, self.policy.load.decay_s)
+            if refused_for_s > 0.0 and math.isfinite(refused_for_s):
+                st.refused_until = max(st.refused_until, now + refused_for_s)
+                self._refusals_until = max(self._refusals_until, st.refused_until)
             if report is not None:
                 st.report = report
                 st.report_at = now
@@ -274,7 +301,7 @@ class Balancer:
                 queue_depth=rep.queue_depth if rep is not None else 0.0,
                 consecutive_failures=self.policy.outlier.failures(st, now),
                 ejected_for_s=max(0.0, st.ejected_until - now) if ejected else 0.0,
-                times_ejected=st.times_ejected))
+                times_ejected=st.times_ejected, refused_for_s=max(0.0, st.refused_until - now)))
         return BalancerStats(
             service=cands.service, membership_version=cands.version, policy=self.policy.name,
             members=len(cands.records), routable=len(cands.endpoints),
@@ -285,6 +312,12 @@ class Balancer:
         c = self._candidates
         return (f"<Balancer {self.policy.name} {c.service} v{c.version}: {len(c.endpoints)} routable, "
                 f"{self._totals.in_flight} in flight ({self._totals.in_flight_rows:g} rows)>")
+
+
+def _refusing(endpoints: Sequence[Endpoint], exclude: Collection[Endpoint], now: float) -> set[Endpoint] | None:
+    """``exclude`` plus the endpoints refusing calls now; None when none is."""
+    refusing = [ep for ep in endpoints if ep.state.is_refusing(now)]
+    return set(exclude).union(refusing) if refusing else None
 
 
 def _rows(cost: float) -> float:

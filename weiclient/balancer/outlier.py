@@ -13,6 +13,13 @@ has stayed in for ``max_ejection_s`` after returning.
 
 Failures of requests still in flight on an endpoint already ejected do not
 count again: they were sent before the ejection and say nothing new.
+
+An outcome is one of three: a success, a failure of the pod, or neutral
+(``ok=None``): an overload refusal (a load signal, see
+:meth:`~.balancer.Balancer.pick`), a caller's mistake, a call we cancelled.
+A neutral outcome neither counts as a failure nor clears a sick pod's run of
+consecutive failures: a pod that answers every malformed request at once and
+times out every good one is still sick.
 """
 
 from __future__ import annotations
@@ -78,8 +85,8 @@ class OutlierDetection:
         n = self.consecutive_failures
         return 1.0 - (1.0 - self.health_floor) * min(f, n) / n
 
-    def record(self, st: EndpointState, ok: bool, now: float, may_eject: Callable[[], bool]) -> bool:
-        """Apply one outcome; True when the endpoint's health or availability changed.
+    def record(self, st: EndpointState, ok: bool | None, now: float, may_eject: Callable[[], bool]) -> bool:
+        """Apply one outcome (None: neutral); True when the endpoint's health or availability changed.
 
         ``may_eject`` is asked only at the threshold (it counts the ejected
         endpoints, O(n)); False keeps the endpoint in, at its floor weight,
@@ -91,6 +98,8 @@ class OutlierDetection:
             st.ejected_until = NEVER
             st.failures = 0
             changed = True
+        if ok is None:
+            return changed
         if ok:
             if st.failures:
                 st.failures = 0

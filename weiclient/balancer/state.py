@@ -107,7 +107,7 @@ class EndpointState:
 
     __slots__ = ("key", "in_flight", "in_flight_rows", "latency_s", "latency_at", "report", "report_at",
                  "orca_weight", "orca_since", "orca_at", "failures", "ejected_until", "times_ejected",
-                 "returned_at", "ramp_start", "registration_ms", "ring_points")
+                 "refused_until", "returned_at", "ramp_start", "registration_ms", "ring_points")
 
     def __init__(self, key: EndpointKey, *, ramp_start: float | None, registration_ms: int = 0) -> None:
         self.key = key
@@ -123,6 +123,7 @@ class EndpointState:
         self.failures = 0             # consecutive
         self.ejected_until = NEVER
         self.times_ejected = 0
+        self.refused_until = NEVER    # refused a call for overload: avoided until then (see Balancer.pick)
         self.returned_at = NEVER
         self.ramp_start = ramp_start  # None: not in slow start
         self.registration_ms = registration_ms
@@ -130,6 +131,9 @@ class EndpointState:
 
     def is_ejected(self, now: float) -> bool:
         return now < self.ejected_until
+
+    def is_refusing(self, now: float) -> bool:
+        return now < self.refused_until
 
     def observe_latency(self, now: float, rtt: float, decay_s: float) -> None:
         """Peak EWMA (Finagle's ``PeakEwma``): jump up to a slower sample at once, decay down.
