@@ -15,8 +15,13 @@ The rules:
 - an outcome is classified by its gRPC status-code *name*, in one table:
   a caller's error (:data:`CALLER_ERRORS`) ends the call at once, spends no
   budget and is not the pod's fault; a :data:`RETRYABLE` failure is retried
-  on an instance not tried yet; any other code (DEADLINE_EXCEEDED, INTERNAL)
-  ends the call. Two names are ours, not gRPC's: :data:`MALFORMED` (a reply
+  on an instance not tried yet; an overload refusal (:data:`OVERLOADED`,
+  RESOURCE_EXHAUSTED, with or without the pod's ``wei-retry-after-ms``) is a
+  load signal, not the pod's fault, and is retried *at once* on an instance
+  not tried yet (a refusal is cheap and the next pod need not wait for this
+  one's queue); when every instance tried refused, the call ends as
+  :class:`Overloaded` (the soonest retry-after among them), fast, not at its
+  deadline; any other code (DEADLINE_EXCEEDED, INTERNAL) ends the call. Two names are ours, not gRPC's: :data:`MALFORMED` (a reply
   that does not decode) and :data:`TOO_LARGE` (:func:`code_name`: gRPC's own
   message-size check answers RESOURCE_EXHAUSTED, the code of an overloaded
   pod, but another pod has the same limit: the request is the caller's to
@@ -48,6 +53,7 @@ from .errors import (
     InvalidInput,
     ModelNotFound,
     NoEndpointAvailable,
+    Overloaded,
     RequestError,
     RequestFailed,
     RequestTooLarge,
@@ -55,7 +61,7 @@ from .errors import (
 from .retry import RetryPolicy, RetryState, StopAtDeadline
 
 __all__ = [
-    "CALLER_ERRORS", "MALFORMED", "RETRYABLE", "TOO_LARGE", "WAIT", "Answered", "AttemptController", "Decision",
+    "CALLER_ERRORS", "MALFORMED", "OVERLOADED", "RETRYABLE", "TOO_LARGE", "WAIT", "Answered", "AttemptController", "Decision",
     "Failed", "GiveUp", "Hedge", "Kind", "Outcome", "Plan", "Return", "Send", "Sleep", "Wait", "blames_endpoint",
     "classify", "code_name",
 ]
@@ -82,12 +88,14 @@ def code_name(code: str, message: str) -> str:
     if code == "RESOURCE_EXHAUSTED" and _SIZE_CHECK in message:
         return TOO_LARGE
     return code
-RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "ABORTED", MALFORMED})
-_NOT_THE_ENDPOINTS_FAULT = frozenset({*CALLER_ERRORS, "CANCELLED"})
+OVERLOADED = "RESOURCE_EXHAUSTED"  # a pod's overload refusal (gRPC's size check is TOO_LARGE, see code_name)
+RETRYABLE = frozenset({"UNAVAILABLE", "ABORTED", MALFORMED})
+_NOT_THE_ENDPOINTS_FAULT = frozenset({*CALLER_ERRORS, "CANCELLED", OVERLOADED})
 
 
 class Kind(Enum):
     CALLER_ERROR = "caller error"  # the request is wrong: raise it, never retry
+    OVERLOADED = "overloaded"      # the endpoint is busy, not broken: another instance at once
     RETRYABLE = "retryable"        # the endpoint failed; another instance may answer
     FATAL = "fatal"                # the endpoint failed; a retry would not help (or must not)
 
@@ -95,11 +103,14 @@ class Kind(Enum):
 def classify(code: str) -> Kind:
     if code in CALLER_ERRORS:
         return Kind.CALLER_ERROR
+    if code == OVERLOADED:
+        return Kind.OVERLOADED
     return Kind.RETRYABLE if code in RETRYABLE else Kind.FATAL
 
 
 def blames_endpoint(code: str) -> bool:
-    """Whether a failure with ``code`` counts against the pod (a caller error or CANCELLED does not)."""
+    """Whether a failure with ``code`` counts against the pod (a caller error, an overload
+    refusal or CANCELLED does not: for the pod's health record they are neutral)."""
     return code not in _NOT_THE_ENDPOINTS_FAULT
 
 
@@ -117,6 +128,7 @@ class Plan:
     also: tuple[ModelVersion, ...] = ()  # predict_many: further models the instance must host
     first: Endpoint | None = None        # scatter: the shard's planned endpoint (first attempt only)
     rows: int = 1                        # the call's cost in rows (batch size), for load accounting
+    priority: str = "default"            # one of protocol.wire.PRIORITIES, sent as wei-priority
 
 
 # -- events in ------------------------------------------------------------------------------------------
@@ -132,12 +144,14 @@ class Answered:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """An attempt ended with status ``code`` (a gRPC code name, or :data:`MALFORMED`)."""
+    """An attempt ended with status ``code`` (a gRPC code name, or :data:`MALFORMED`);
+    ``retry_after_s``: with an overload refusal, how long the pod asked to be left alone."""
 
     endpoint: Endpoint
     code: str
     message: str
     latency_s: float
+    retry_after_s: float | None = None
 
     def attempt(self) -> Attempt:
         return Attempt(self.endpoint.address, self.code, self.message, self.latency_s)
@@ -217,7 +231,7 @@ class AttemptController:
     """
 
     __slots__ = ("plan", "attempts", "tried", "made", "_policy", "_pick", "_hedge_delay", "_hedge_budget",
-                 "_in_flight", "_backup")
+                 "_in_flight", "_backup", "_refusals", "_retry_after")
 
     def __init__(self, plan: Plan, policy: RetryPolicy, pick: Picker, *, hedge_delay: float | None = None,
                  hedge_budget: RetryBudget | None = None) -> None:
@@ -231,6 +245,8 @@ class AttemptController:
         self._hedge_budget = hedge_budget
         self._in_flight: list[Endpoint] = []
         self._backup: Endpoint | None = None
+        self._refusals = 0                     # failed attempts that were overload refusals
+        self._retry_after: float | None = None  # the soonest retry-after among them
 
     def start(self, now: float) -> Send | GiveUp:
         """The call starts (the driver deposited it in the budgets)."""
@@ -270,6 +286,11 @@ class AttemptController:
             message = f"{hint}: {outcome.message}" if hint else outcome.message
             return GiveUp(CALLER_ERRORS[outcome.code](message, endpoint=address, code=outcome.code))
         self.attempts.append(outcome.attempt())
+        if kind is Kind.OVERLOADED:
+            self._refusals += 1
+            after = outcome.retry_after_s
+            if after is not None and (self._retry_after is None or after < self._retry_after):
+                self._retry_after = after
         if kind is Kind.FATAL:
             if outcome.code == "DEADLINE_EXCEEDED":
                 return GiveUp(DeadlineExceeded("the deadline passed", tuple(self.attempts)))
@@ -281,8 +302,18 @@ class AttemptController:
         if reason == StopAtDeadline.REASON:
             return GiveUp(DeadlineExceeded("the deadline passed", tuple(self.attempts)), hedge)
         if reason is not None:
-            return GiveUp(RequestFailed(f"stopped by {reason}", tuple(self.attempts)), hedge)
+            return GiveUp(self._failed(f"stopped by {reason}"), hedge)
+        if kind is Kind.OVERLOADED:
+            return Sleep(0.0, outcome.code, hedge)  # another pod's queue is not this one's: at once
         return Sleep(self._policy.backoff(self.made, self._policy.rng), outcome.code, hedge)
+
+    def _failed(self, summary: str) -> RequestFailed:
+        """:class:`Overloaded` when every failed attempt was an overload refusal, else RequestFailed."""
+        attempts = tuple(self.attempts)
+        if self._refusals == len(attempts):
+            return Overloaded(f"overloaded: every instance tried refused the call; {summary}", attempts,
+                              retry_after_s=self._retry_after)
+        return RequestFailed(summary, attempts)
 
     def _send(self, now: float) -> Send | GiveUp:
         plan = self.plan
@@ -306,7 +337,7 @@ class AttemptController:
     def _nowhere(self, e: NoEndpointAvailable) -> NoEndpointAvailable | RequestFailed:
         if not self.attempts:
             return e  # nothing was tried: the balancer's own answer says why
-        err = RequestFailed(f"no other instance to retry on ({e.why.value})", tuple(self.attempts))
+        err = self._failed(f"no other instance to retry on ({e.why.value})")
         err.__cause__ = e
         return err
 

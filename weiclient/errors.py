@@ -11,7 +11,9 @@
     │   ├── RequestTooLarge      over a gRPC message size limit (limit, size where known)
     │   └── ModelNotFound        NOT_FOUND: unknown model or version
     ├── RequestFailed            every attempt failed (attempts: endpoint, code, message)
-    │   └── DeadlineExceeded     the caller's deadline passed
+    │   ├── DeadlineExceeded     the caller's deadline passed
+    │   └── Overloaded           every pod tried refused the call for overload (retry_after_s)
+    │       └── Throttled        refused here, before sending, by adaptive throttling (no attempt)
     └── InternalError            a bug in the SDK (the original exception is its __cause__)
 
 gRPC errors are translated once, at the transport boundary
@@ -31,7 +33,8 @@ from registry.errors import FieldError
 __all__ = [
     "MAX_MESSAGE_CHARS", "Attempt", "ClientClosed", "DeadlineExceeded", "InternalError", "InvalidArgument",
     "InvalidBalancerConfig", "InvalidInput", "ModelNotFound", "NoEndpointAvailable", "RegistryUnavailable",
-    "RequestError", "RequestFailed", "RequestTooLarge", "Unavailable", "WeiClientError", "clip",
+    "Overloaded", "RequestError", "RequestFailed", "RequestTooLarge", "Throttled", "Unavailable", "WeiClientError",
+    "clip",
 ]
 
 MAX_MESSAGE_CHARS = 4096
@@ -156,3 +159,26 @@ class RequestFailed(WeiClientError):
 
 class DeadlineExceeded(RequestFailed):
     pass
+
+
+class Overloaded(RequestFailed):
+    """Every pod the call went to refused it for overload (RESOURCE_EXHAUSTED), fast, without
+    waiting for the deadline. ``retry_after_s``: the soonest any of them expects room (its
+    ``wei-retry-after-ms``, or ``OverloadConfig.default_retry_after_s`` for a pod that did not
+    say). Back off, or send less: a retry at once meets the same full queues."""
+
+    def __init__(self, summary: str, attempts: tuple[Attempt, ...], *, retry_after_s: float | None = None) -> None:
+        self.retry_after_s = retry_after_s
+        after = f"; retry after {retry_after_s * 1000:.0f} ms" if retry_after_s is not None else ""
+        super().__init__(f"{summary}{after}", attempts)
+
+
+class Throttled(Overloaded):
+    """Rejected here, before anything was sent: lately the servers refused so many calls that
+    this one would likely be refused too (adaptive throttling, :mod:`weiclient.throttle`).
+    ``priority`` and ``probability`` say which rule rejected it."""
+
+    def __init__(self, summary: str, *, priority: str, probability: float) -> None:
+        self.priority = priority
+        self.probability = probability
+        super().__init__(summary, ())

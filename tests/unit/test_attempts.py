@@ -105,8 +105,8 @@ def failed(ep: Endpoint, code: str = "UNAVAILABLE", message: str = "down") -> Fa
 # -- the table ------------------------------------------------------------------------------------------
 
 def test_classification_is_a_table_of_code_names():
-    assert [classify(c) for c in ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "ABORTED", "MALFORMED_RESPONSE")] == [
-        Kind.RETRYABLE] * 4
+    assert [classify(c) for c in ("UNAVAILABLE", "ABORTED", "MALFORMED_RESPONSE")] == [Kind.RETRYABLE] * 3
+    assert classify("RESOURCE_EXHAUSTED") is Kind.OVERLOADED and not blames_endpoint("RESOURCE_EXHAUSTED")
     assert [classify(c) for c in ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE")] == [
         Kind.CALLER_ERROR] * 4
     assert [classify(c) for c in ("INTERNAL", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN")] == [Kind.FATAL] * 4

@@ -57,7 +57,7 @@ def test_code_name_tells_a_size_refusal_from_an_overloaded_pod(code, message, na
 
 def test_a_size_refusal_is_a_caller_error_that_blames_no_pod():
     assert classify(TOO_LARGE) is Kind.CALLER_ERROR and not blames_endpoint(TOO_LARGE)
-    assert classify("RESOURCE_EXHAUSTED") is Kind.RETRYABLE  # a real overload is still retried
+    assert classify("RESOURCE_EXHAUSTED") is Kind.OVERLOADED  # a real overload is still retried
 
 
 def test_the_controller_gives_up_at_once_on_a_size_refusal_naming_the_limit():
