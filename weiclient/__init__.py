@@ -11,9 +11,10 @@ server and the agent; this package imports only :mod:`registry` and
 
 from . import errors
 from .client import ClientStats, WeiClient
-from .config import ChannelConfig, ClientConfig, HedgingConfig, RetryConfig, ScatterConfig
+from .config import ChannelConfig, ClientConfig, HedgingConfig, OverloadConfig, RetryConfig, ScatterConfig
+from .throttle import ThrottleConfig
 
 __all__ = [
-    "ChannelConfig", "ClientConfig", "ClientStats", "HedgingConfig", "RetryConfig", "ScatterConfig", "WeiClient",
-    "errors",
+    "ChannelConfig", "ClientConfig", "ClientStats", "HedgingConfig", "OverloadConfig", "RetryConfig", "ScatterConfig",
+    "ThrottleConfig", "WeiClient", "errors",
 ]

@@ -26,16 +26,15 @@ from typing import Any
 import numpy as np
 
 from protocol import wire
-from registry.errors import FieldError
 from registry.membership import MembershipSnapshot
 from registry.service_config import ConfigSnapshot, ConfigWatcher, ServiceConfig
 from registry.watcher import MembershipWatcher, WatcherConfig
-from registry.zk import RegistryPaths, ZkSettings, connect
+from registry.zk import connect
 
 from . import inputs as args
 from .attempts import Plan
 from .balancer import Balancer, BalancerStats, build_policy, key_hash, policy_from_spec
-from .config import ClientConfig
+from .config import ClientConfig, registry_settings
 from .errors import (
     ClientClosed,
     InternalError,
@@ -88,7 +87,7 @@ class WeiClient:
         cfg = ClientConfig() if config is None else config
         if not isinstance(cfg, ClientConfig):
             raise InvalidArgument("config", "a weiclient.ClientConfig or None", cfg)
-        paths, settings = _registry_settings(zk, service, root, cfg)
+        paths, settings = registry_settings(zk, service, root, cfg)
         fixed = build_policy(cfg.balancer, cfg.balancer_knobs) if cfg.balancer else None
         self.config = cfg
         self.service = service
@@ -182,22 +181,26 @@ class WeiClient:
 
     def predict(self, model: str, inputs: Mapping[str, Any], *, version: int | None = None,
                 outputs: list[str] | None = None, timeout: float | None = None, key: object = None,
-                split: bool | None = None) -> Outputs:
+                split: bool | None = None, priority: str = "default") -> Outputs:
         """Run ``model`` on ``inputs`` (batch-major arrays); returns ``{output: array}``.
 
         ``version``: a specific version; None follows the service config's
         traffic split (or the latest a pod serves). ``key``: routes with
         ``consistent_hash`` and makes the split sticky per key. ``split``:
         scatter the rows over several instances (None: above
-        ``ScatterConfig.auto_rows``). Output arrays are read-only views.
+        ``ScatterConfig.auto_rows``). ``priority``: ``sheddable``, ``default`` or
+        ``critical`` (:data:`protocol.wire.PRIORITIES`); under overload lower
+        priority is shed first, here (:mod:`weiclient.throttle`) and by the server.
+        Output arrays are read-only views.
 
         Raises only :class:`WeiClientError`. A :class:`RequestError` (a bad
         argument, the server's INVALID_ARGUMENT such as a row limit, a message
         over a size limit, an unknown model) is raised at once: not retried,
-        not counted against any pod.
+        not counted against any pod. :class:`Overloaded` (every pod tried refused,
+        fast) and its :class:`Throttled` (rejected here, nothing sent) say: back off.
         """
-        with self._metered(model):
-            plans, shards = self._plans(model, inputs, version, outputs, timeout, key, split)
+        with self._metered(model, priority):
+            plans, shards = self._plans(model, inputs, version, outputs, timeout, key, split, priority)
             if shards is None:
                 return args.single_outputs(self._transport.call(plans[0]), model)
             pool = self._scatter_executor()
@@ -208,16 +211,17 @@ class WeiClient:
 
     def predict_many(self, models: Mapping[str, int | None], inputs: Mapping[str, Any], *,
                      outputs: list[str] | None = None, timeout: float | None = None,
-                     key: object = None) -> dict[str, Outputs]:
+                     key: object = None, priority: str = "default") -> dict[str, Outputs]:
         """Several models on the same inputs in one request (one feature pass, many models)."""
-        with self._metered(args.many_label(models)):
-            return args.many_outputs(self._transport.call(self._many_plan(models, inputs, outputs, timeout, key)))
+        with self._metered(args.many_label(models), priority):
+            plan = self._many_plan(models, inputs, outputs, timeout, key, priority)
+            return args.many_outputs(self._transport.call(plan))
 
     async def apredict(self, model: str, inputs: Mapping[str, Any], *, version: int | None = None,
                        outputs: list[str] | None = None, timeout: float | None = None, key: object = None,
-                       split: bool | None = None) -> Outputs:
-        with self._metered(model):
-            plans, shards = self._plans(model, inputs, version, outputs, timeout, key, split)
+                       split: bool | None = None, priority: str = "default") -> Outputs:
+        with self._metered(model, priority):
+            plans, shards = self._plans(model, inputs, version, outputs, timeout, key, split, priority)
             if shards is None:
                 return args.single_outputs(await self._transport.acall(plans[0]), model)
             parts = await asyncio.gather(*(self._transport.acall(p) for p in plans))
@@ -225,21 +229,23 @@ class WeiClient:
 
     async def apredict_many(self, models: Mapping[str, int | None], inputs: Mapping[str, Any], *,
                             outputs: list[str] | None = None, timeout: float | None = None,
-                            key: object = None) -> dict[str, Outputs]:
-        with self._metered(args.many_label(models)):
-            plan = self._many_plan(models, inputs, outputs, timeout, key)
+                            key: object = None, priority: str = "default") -> dict[str, Outputs]:
+        with self._metered(args.many_label(models), priority):
+            plan = self._many_plan(models, inputs, outputs, timeout, key, priority)
             return args.many_outputs(await self._transport.acall(plan))
 
     # -- building calls --------------------------------------------------------------------
 
     @contextmanager
-    def _metered(self, label: object) -> Iterator[None]:
-        """Refuse calls on a closed client; count each call's outcome and latency. Nothing but a
-        WeiClientError leaves: anything else is a bug, raised as InternalError (its cause attached)."""
+    def _metered(self, label: object, priority: object) -> Iterator[None]:
+        """Refuse calls on a closed client, of a wrong priority, or throttled (before anything is
+        encoded); count each call's outcome and latency. Nothing but a WeiClientError leaves:
+        anything else is a bug, raised as InternalError (its cause attached)."""
         label = label if isinstance(label, str) else "<invalid>"  # a caller's value must not break a label
         t0 = self._clock()
         try:
             self._check_open()
+            self._transport.admit(args.check_priority(priority))
             yield
         except WeiClientError as e:
             self._metrics.request(label, type(e).__name__, self._clock() - t0)
@@ -256,7 +262,7 @@ class WeiClient:
         return self._clock() + (seconds if seconds is not None else self.config.timeout_s)
 
     def _plans(self, model: str, inputs: Mapping[str, Any], version: int | None, outputs: list[str] | None,
-               timeout: float | None, key: object, split: bool | None) -> tuple[list[Plan], Any]:
+               timeout: float | None, key: object, split: bool | None, priority: str) -> tuple[list[Plan], Any]:
         """One plan, or one per shard (then with the shards, all at the same version)."""
         args.check_model(model)
         deadline = self._deadline(timeout)
@@ -266,10 +272,10 @@ class WeiClient:
         rows = args.rows(arrays) if args.check_split(split) is not False else 0
         scattered = self._shards(model, version, rows, split)
         if scattered is None:
-            return [self._plan(model, version, arrays, outputs, deadline, key)], None
+            return [self._plan(model, version, arrays, outputs, deadline, key, priority)], None
         version, shards = scattered
-        return [self._plan(model, version, args.slice_inputs(arrays, sh.slice), outputs, deadline, key, sh.endpoint)
-                for sh in shards], shards
+        return [self._plan(model, version, args.slice_inputs(arrays, sh.slice), outputs, deadline, key, priority,
+                           sh.endpoint) for sh in shards], shards
 
     def _resolve_version(self, model: str, version: int | None, key: object) -> int | None:
         if key is not None and not isinstance(key, str | bytes | int) or isinstance(key, bool):
@@ -297,14 +303,14 @@ class WeiClient:
         return (version, shards) if len(shards) > 1 else None
 
     def _plan(self, model: str, version: int | None, arrays: dict[str, np.ndarray], outputs: list[str] | None,
-              deadline: float, key: object, first: Any = None) -> Plan:
+              deadline: float, key: object, priority: str, first: Any = None) -> Plan:
         payload = args.encode(wire.PredictRequest(model=model, version=version, inputs=arrays, outputs=outputs),
                               self.config.channel.max_message_bytes)
         return Plan(model=model, version=version, payload=payload, deadline=deadline, key=key, first=first,
-                    rows=max(1, args.rows(arrays)))
+                    rows=max(1, args.rows(arrays)), priority=priority)
 
     def _many_plan(self, models: Mapping[str, int | None], inputs: Mapping[str, Any],
-                   outputs: list[str] | None, timeout: float | None, key: object) -> Plan:
+                   outputs: list[str] | None, timeout: float | None, key: object, priority: str) -> Plan:
         deadline = self._deadline(timeout)
         arrays = args.to_arrays(inputs)
         outputs = args.check_outputs(outputs)
@@ -313,7 +319,7 @@ class WeiClient:
         payload = args.encode(wire.PredictRequest(models=resolved, inputs=arrays, outputs=outputs),
                               self.config.channel.max_message_bytes)
         return Plan(model=first, version=resolved[first], payload=payload, deadline=deadline, key=key,
-                    also=tuple((m, resolved[m]) for m in rest), rows=max(1, args.rows(arrays)))
+                    also=tuple((m, resolved[m]) for m in rest), rows=max(1, args.rows(arrays)), priority=priority)
 
     def _scatter_executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -376,21 +382,3 @@ class WeiClient:
         snap = self._watcher.snapshot
         return (f"<WeiClient {self.service} v{snap.version} members={len(snap)} policy={self._balancer.policy.name}"
                 f"{' closed' if self._closed else ''}>")
-
-
-# -- helpers (pure) ---------------------------------------------------------------------------
-
-def _registry_settings(zk: object, service: object, root: str | None,
-                       cfg: ClientConfig) -> tuple[RegistryPaths, ZkSettings]:
-    """The paths and session settings, checked before anything is opened."""
-    try:
-        paths = RegistryPaths(root or cfg.root)
-        paths.service(service)  # type: ignore[arg-type]  # checks the name
-        settings = ZkSettings(hosts=zk, root=paths.root,  # type: ignore[arg-type]
-                              session_timeout_s=cfg.zk_session_timeout_s, auth=cfg.zk_auth)
-    except FieldError as e:
-        field = {"hosts": "zk", "root": "root", "service": "service"}.get(e.field, e.field)
-        raise InvalidArgument(field, e.expected, e.got) from None
-    except (TypeError, AttributeError):
-        raise InvalidArgument("zk", "a ZooKeeper connect string host:port[,host:port...][/chroot]", zk) from None
-    return paths, settings

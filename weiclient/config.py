@@ -10,14 +10,16 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from registry.errors import FieldError
 from registry.membership import Protection
+from registry.zk import RegistryPaths, ZkSettings
 
 from .balancer import RetryBudgetConfig
-from .errors import InvalidBalancerConfig
+from .errors import InvalidArgument, InvalidBalancerConfig
 from .throttle import ThrottleConfig
 
 __all__ = ["ChannelConfig", "ClientConfig", "HedgingConfig", "OverloadConfig", "RetryConfig", "ScatterConfig",
-           "ThrottleConfig"]
+           "ThrottleConfig", "registry_settings"]
 
 
 def _positive(owner: str, **values: float) -> None:
@@ -201,3 +203,19 @@ class ClientConfig:
                   zk_session_timeout_s=self.zk_session_timeout_s)
         if self.scatter_threads < 1:
             raise InvalidBalancerConfig("client.scatter_threads", "an integer >= 1", self.scatter_threads)
+
+
+def registry_settings(zk: object, service: object, root: str | None,
+                      cfg: ClientConfig) -> tuple[RegistryPaths, ZkSettings]:
+    """WeiClient's registry paths and session settings, checked before anything is opened."""
+    try:
+        paths = RegistryPaths(root or cfg.root)
+        paths.service(service)  # type: ignore[arg-type]  # checks the name
+        settings = ZkSettings(hosts=zk, root=paths.root,  # type: ignore[arg-type]
+                              session_timeout_s=cfg.zk_session_timeout_s, auth=cfg.zk_auth)
+    except FieldError as e:
+        name = {"hosts": "zk", "root": "root", "service": "service"}.get(e.field, e.field)
+        raise InvalidArgument(name, e.expected, e.got) from None
+    except (TypeError, AttributeError):
+        raise InvalidArgument("zk", "a ZooKeeper connect string host:port[,host:port...][/chroot]", zk) from None
+    return paths, settings

@@ -22,7 +22,7 @@ from protocol import wire
 from .errors import InvalidInput, RequestTooLarge, WeiClientError
 
 __all__ = [
-    "Outputs", "check_model", "check_models", "check_outputs", "check_split", "check_timeout", "concat", "encode",
+    "Outputs", "check_model", "check_models", "check_outputs", "check_priority", "check_split", "check_timeout", "concat", "encode",
     "many_label", "many_outputs", "rows", "single_outputs", "slice_inputs", "to_arrays",
 ]
 
@@ -60,6 +60,13 @@ def check_outputs(outputs: object) -> list[str] | None:
             or not all(isinstance(o, str) for o in outputs):
         raise InvalidInput(f"outputs: expected a list of output names (str), or None, got {_show(outputs)}")
     return list(outputs)
+
+
+def check_priority(priority: object) -> str:
+    if not isinstance(priority, str) or priority not in wire.PRIORITIES:
+        raise InvalidInput(f"priority: expected one of {', '.join(wire.PRIORITIES)} (least to most important), "
+                           f"got {_show(priority)}")
+    return priority
 
 
 def check_split(split: object) -> bool | None:

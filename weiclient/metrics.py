@@ -5,6 +5,8 @@
     weiclient_attempts_total{service,client,endpoint,code}       every try, per endpoint
     weiclient_retries_total{service,client,code}
     weiclient_hedges_total{service,client,outcome}
+    weiclient_throttled_total{service,client,priority}           calls rejected here (adaptive throttling)
+    weiclient_overload_refusals_total{service,client,endpoint}   attempts a pod refused for overload
     weiclient_endpoint_in_flight / _in_flight_rows / _effective_weight / _ejected {service,client,endpoint}
                                                                  at scrape time
 
@@ -51,6 +53,10 @@ REQUEST_SECONDS = Histogram("weiclient_request_seconds", "WeiClient call latency
 ATTEMPTS = Counter("weiclient_attempts", "Attempts per endpoint by gRPC code", [*_LABELS, "endpoint", "code"])
 RETRIES = Counter("weiclient_retries", "Retries by the code that caused them", [*_LABELS, "code"])
 HEDGES = Counter("weiclient_hedges", "Hedged calls by outcome", [*_LABELS, "outcome"])
+THROTTLED = Counter("weiclient_throttled", "Calls rejected by adaptive client-side throttling, before sending",
+                    [*_LABELS, "priority"])
+REFUSALS = Counter("weiclient_overload_refusals", "Attempts a pod refused for overload (RESOURCE_EXHAUSTED)",
+                   [*_LABELS, "endpoint"])
 
 Stats = Callable[[float], Any]  # now -> BalancerStats
 
@@ -156,6 +162,12 @@ class ClientMetrics:
     def hedge(self, outcome: str) -> None:
         HEDGES.labels(self.service, self.name, outcome).inc()
 
+    def throttled(self, priority: str) -> None:
+        THROTTLED.labels(self.service, self.name, priority).inc()
+
+    def refused(self, endpoint: str) -> None:
+        REFUSALS.labels(self.service, self.name, endpoint).inc()
+
     def watch(self, stats: Stats) -> None:
         """Export per-endpoint gauges from ``stats(now)`` until :meth:`close`."""
         if not self._closed:
@@ -186,5 +198,7 @@ class NullMetrics(ClientMetrics):
     def attempt(self, endpoint: str, code: str, seconds: float) -> None: ...
     def retry(self, code: str) -> None: ...
     def hedge(self, outcome: str) -> None: ...
+    def throttled(self, priority: str) -> None: ...
+    def refused(self, endpoint: str) -> None: ...
     def watch(self, stats: Stats) -> None: ...
     def close(self) -> None: ...

@@ -6,6 +6,15 @@ end into an outcome event once (:meth:`Transport._finish`: the balancer's
 accounting, in calls and in the plan's rows, the ORCA load report, the attempt metric, the latency window),
 sleep when told and raise what the controller gives up with.
 
+Overload: a call's ``priority`` travels as request metadata
+(``wei-priority``, omitted for ``default``, which the protocol defines as
+the same as no header: the common call carries nothing extra and grpcio
+takes its no-metadata path). An overload refusal (RESOURCE_EXHAUSTED) is
+neutral for the pod's health and marks it refusing for its
+``wei-retry-after-ms`` (:class:`~weiclient.config.OverloadConfig`); every
+attempt's end feeds the adaptive throttle (:mod:`weiclient.throttle`),
+which :meth:`Transport.admit` asks before a call is built.
+
 A call that no hedge can follow is one blocking ``with_call`` on the
 caller's thread (a future completes on another thread, which costs a
 handoff on every call); asyncio awaits the call itself and creates no Task.
@@ -30,6 +39,7 @@ from protocol import wire
 
 from .attempts import (
     MALFORMED,
+    OVERLOADED,
     Answered,
     AttemptController,
     Decision,
@@ -48,12 +58,15 @@ from .attempts import (
 from .balancer import Balancer, Endpoint, RetryBudget, RetryBudgetConfig
 from .channels import AioChannelPool, ChannelPool
 from .config import ClientConfig
-from .errors import clip
+from .errors import Throttled, clip
 from .retry import RetryPolicy
+from .throttle import Throttle
 
 __all__ = ["LatencyWindow", "Plan", "Transport"]
 
 REPORT_INTERVAL_S = 0.05
+# Request metadata per priority, built once: "default" sends none (the same as no header).
+_PRIORITY_METADATA = {p: None if p == "default" else ((wire.PRIORITY_KEY, p),) for p in wire.PRIORITIES}
 
 
 class LatencyWindow:
@@ -104,6 +117,7 @@ class Transport:
         self.hedge_budget = RetryBudget(RetryBudgetConfig(ratio=config.hedging.budget_ratio, min_retries_per_s=0.0))
         self.latency = LatencyWindow(config.hedging.window, config.hedging.percentile, config.hedging.min_delay_s)
         self.policy = RetryPolicy.from_config(config.retry, self.budget, rng or random.Random())
+        self.throttle = Throttle(config.throttle, self.policy.rng)
         self._hedging = config.hedging.enabled  # hedge bookkeeping costs ~10 us a call: only when on
 
     # -- channels: the membership feed and the housekeeping thread ----------------------------
@@ -124,7 +138,19 @@ class Transport:
     def channels(self) -> list[str]:
         return self.pool.addresses
 
-    # -- shared: the controller, one outcome, one end ------------------------------------------
+    # -- shared: admission, the controller, one outcome, one end -----------------------------
+
+    def admit(self, priority: str) -> None:
+        """Adaptive throttling, before a call is encoded: raises :class:`Throttled` (nothing sent)."""
+        rejection = self.throttle.check(priority, self._clock())
+        if rejection is None:
+            return
+        self._metrics.throttled(priority)
+        r = rejection
+        raise Throttled(f"throttled here, nothing sent: the servers accepted {r.accepts} of the last {r.requests} "
+                        f"requests (ThrottleConfig.window_s), fewer than 1/{r.k:g} (K for {r.priority} priority); "
+                        f"a {r.priority} call is rejected with probability {r.probability:.2f} until they accept "
+                        f"more", priority=r.priority, probability=r.probability)
 
     def _controller(self, plan: Plan) -> tuple[AttemptController, float]:
         now = self._clock()
@@ -172,12 +198,19 @@ class Transport:
             if latency is not None and self._hedging:
                 self.latency.add(latency)
             self._metrics.attempt(ep.address, "OK", measured)
+            self.throttle.record("OK", now)
             return Answered(ep, resp, measured)
         code = err.code()
         details = clip(err.details() or "")
         name = code_name(code.name if code is not None else "UNKNOWN", details)
-        bal.on_finish(ep, now, measured, not blames_endpoint(name), report, cost=rows)
         self._metrics.attempt(ep.address, name, measured)
+        self.throttle.record(name, now)
+        if name == OVERLOADED:  # a load signal: neutral for its health, avoided for its retry-after
+            after = self.config.overload.retry_after_s(_value(trailing, wire.RETRY_AFTER_KEY))
+            bal.on_finish(ep, now, None, None, report, cost=rows, refused_for_s=after)
+            self._metrics.refused(ep.address)
+            return Failed(ep, name, details, measured, after)
+        bal.on_finish(ep, now, measured, False if blames_endpoint(name) else None, report, cost=rows)
         return Failed(ep, name, details, measured)
 
     def _backoff(self, decision: Sleep) -> float:
@@ -219,7 +252,8 @@ class Transport:
         conn, fresh = self._begin(ep, self.pool, plan.rows)
         t0 = self._clock()
         try:
-            body, call = conn.predict.with_call(plan.payload, timeout=timeout)
+            body, call = conn.predict.with_call(plan.payload, timeout=timeout,
+                                                metadata=_PRIORITY_METADATA[plan.priority])
         except grpc.RpcError as err:
             return self._finish(ep, plan.rows, t0, fresh, None, err, _trailing(err))
         return self._finish(ep, plan.rows, t0, fresh, body, None, call.trailing_metadata())
@@ -250,7 +284,7 @@ class Transport:
 
     def _start(self, ep: Endpoint, plan: Plan, timeout: float, ended: queue.SimpleQueue[_Flight]) -> _Flight:
         conn, fresh = self._begin(ep, self.pool, plan.rows)
-        fut = conn.predict.future(plan.payload, timeout=timeout)
+        fut = conn.predict.future(plan.payload, timeout=timeout, metadata=_PRIORITY_METADATA[plan.priority])
         flight = _Flight(ep, self._clock(), fut, fresh, plan.rows)
         fut.add_done_callback(lambda _f: ended.put(flight))
         return flight
@@ -264,9 +298,9 @@ class Transport:
         return self._finish(ep, rows, flight.t0, flight.fresh, body, None, flight.future.trailing_metadata())
 
     def _abandon(self, flight: _Flight) -> None:
-        """Cancel a hedge's losing call and release its in-flight slot (no latency sample)."""
+        """Cancel a hedge's losing call and release its in-flight slot (no latency sample, neutral)."""
         flight.future.cancel()
-        self._balancer().on_finish(flight.endpoint, self._clock(), None, True, None, cost=flight.rows)
+        self._balancer().on_finish(flight.endpoint, self._clock(), None, None, None, cost=flight.rows)
 
     # -- asyncio ---------------------------------------------------------------------------------
 
@@ -313,11 +347,11 @@ class Transport:
                                                   clock=self._clock)
         conn, fresh = self._begin(ep, pool, plan.rows)
         t0 = self._clock()
-        call = conn.predict(plan.payload, timeout=timeout)
+        call = conn.predict(plan.payload, timeout=timeout, metadata=_PRIORITY_METADATA[plan.priority])
         try:
             body = await call
         except asyncio.CancelledError:
-            self._balancer().on_finish(ep, self._clock(), None, True, None, cost=plan.rows)
+            self._balancer().on_finish(ep, self._clock(), None, None, None, cost=plan.rows)
             call.cancel()
             raise
         except grpc.RpcError as err:
@@ -332,6 +366,14 @@ class Transport:
     async def aclose(self) -> None:
         if self.aio_pool is not None:
             await self.aio_pool.close()
+
+
+def _value(metadata: Any, key: str) -> str | None:
+    """The first text value of ``key`` in a call's metadata, or None."""
+    for k, v in metadata or ():
+        if k == key:
+            return v if isinstance(v, str) else None
+    return None
 
 
 def _trailing(err: grpc.RpcError) -> Any:
