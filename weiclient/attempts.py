@@ -21,11 +21,11 @@ The rules:
   not tried yet (a refusal is cheap and the next pod need not wait for this
   one's queue); when every instance tried refused, the call ends as
   :class:`Overloaded` (the soonest retry-after among them), fast, not at its
-  deadline; any other code (DEADLINE_EXCEEDED, INTERNAL) ends the call. Two names are ours, not gRPC's: :data:`MALFORMED` (a reply
-  that does not decode) and :data:`TOO_LARGE` (:func:`code_name`: gRPC's own
-  message-size check answers RESOURCE_EXHAUSTED, the code of an overloaded
-  pod, but another pod has the same limit: the request is the caller's to
-  shrink);
+  deadline; any other code (DEADLINE_EXCEEDED, INTERNAL) ends the call. Two
+  names are ours, not gRPC's: :data:`MALFORMED` (a reply that does not
+  decode) and :data:`TOO_LARGE` (:func:`code_name`: gRPC's own message-size
+  check answers RESOURCE_EXHAUSTED, the code of an overloaded pod, but
+  another pod has the same limit: the request is the caller's to shrink);
 - before a retry the stop strategy (:mod:`weiclient.retry`) is asked: attempts, then the
   deadline, then the retry budget, so the budget is spent only on a retry
   that is made;
@@ -61,9 +61,9 @@ from .errors import (
 from .retry import RetryPolicy, RetryState, StopAtDeadline
 
 __all__ = [
-    "CALLER_ERRORS", "MALFORMED", "OVERLOADED", "RETRYABLE", "TOO_LARGE", "WAIT", "Answered", "AttemptController", "Decision",
-    "Failed", "GiveUp", "Hedge", "Kind", "Outcome", "Plan", "Return", "Send", "Sleep", "Wait", "blames_endpoint",
-    "classify", "code_name",
+    "CALLER_ERRORS", "MALFORMED", "OVERLOADED", "RETRYABLE", "TOO_LARGE", "WAIT", "Answered", "AttemptController",
+    "Decision", "Failed", "GiveUp", "Hedge", "Kind", "Outcome", "Plan", "Return", "Send", "Sleep", "Wait",
+    "blames_endpoint", "classify", "code_name",
 ]
 
 # -- classification: status-code names, one table ---------------------------------------------------

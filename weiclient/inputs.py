@@ -22,8 +22,8 @@ from protocol import wire
 from .errors import InvalidInput, RequestTooLarge, WeiClientError
 
 __all__ = [
-    "Outputs", "check_model", "check_models", "check_outputs", "check_priority", "check_split", "check_timeout", "concat", "encode",
-    "many_label", "many_outputs", "rows", "single_outputs", "slice_inputs", "to_arrays",
+    "Outputs", "check_model", "check_models", "check_outputs", "check_priority", "check_split", "check_timeout",
+    "concat", "encode", "many_label", "many_outputs", "rows", "single_outputs", "slice_inputs", "to_arrays",
 ]
 
 Outputs = dict[str, np.ndarray]
