@@ -32,7 +32,7 @@ from serving.config import ServerConfig, VersionPolicy, load_config
 from serving.errors import ServingError
 
 BATCH_FLAGS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
-               "num_batch_threads", "slo_p99_ms")
+               "num_batch_threads", "slo_p99_ms", "max_queue_delay_ms")
 
 
 RESPONSE_FLUSH_S = 2.0
@@ -106,6 +106,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-batching", action="store_true", help="run each request alone")
     p.add_argument("--slo-p99-ms", type=_number(above=0),
                    help="SLO mode: size batches online for this p99")
+    p.add_argument("--max-queue-delay-ms", type=_number(at_least=0),
+                   help="refuse (RESOURCE_EXHAUSTED, retry-after) a call that would wait longer than this "
+                        "in the batch queue (default: 4 mean batch times; 0: no bound, deadlines still count)")
+    p.add_argument("--no-admission", action="store_true",
+                   help="queue every call that fits the queue, even one that cannot meet its deadline")
     p.add_argument("--version-policy", help="latest[:N] | all | specific:V1,V2 (all models)")
     p.add_argument("--poll-interval-s", type=_number(above=0),
                    help="model directory poll period (default 1)")
@@ -133,6 +138,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         batching["split_requests"] = True
     if args.no_batching:
         batching["enabled"] = False
+    if args.no_admission:
+        batching["admission"] = False
     overrides["batching"] = batching
     config = load_config(args.config, models_dir=args.models, overrides=overrides)
     if args.version_policy:

@@ -97,6 +97,11 @@ class BatchingConfig:
     slo_p99_ms: float | None = None
     slo_additive_step: int = 4
     slo_decrease_factor: float = 0.9
+    # Admission (see serving.batching.admission): refuse at once a call that cannot finish
+    # within its deadline at the measured pace, or would wait longer than max_queue_delay_ms
+    # (None: 4 mean batch times, at least 20 ms; 0: no wait bound, deadlines still count).
+    admission: bool = True
+    max_queue_delay_ms: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed_batch_sizes", tuple(self.allowed_batch_sizes))
@@ -113,6 +118,10 @@ class BatchingConfig:
                                   f"max_batch_size ({self.max_batch_size}), as in TF Serving")
         if not 0 < self.slo_decrease_factor < 1:
             raise ConfigError("BatchingConfig.slo_decrease_factor must be in (0, 1)")
+        if self.max_queue_delay_ms is not None and not (
+                isinstance(self.max_queue_delay_ms, int | float) and 0 <= self.max_queue_delay_ms < float("inf")):
+            raise ConfigError(f"BatchingConfig.max_queue_delay_ms must be a finite number >= 0, "
+                              f"got {self.max_queue_delay_ms!r}")
 
     @property
     def splits_requests(self) -> bool:

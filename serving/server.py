@@ -96,8 +96,13 @@ class InferenceService:
             "Metadata": grpc.unary_unary_rpc_method_handler(self.metadata),
         })
 
-    def _report(self, context: grpc.ServicerContext, used: list[LoadedVersion]) -> None:
-        context.set_trailing_metadata(self._reports.metadata(used, self._in_flight.count))
+    def _report(self, context: grpc.ServicerContext, used: list[LoadedVersion],
+                error: ServingError | None = None) -> None:
+        md = self._reports.metadata(used, self._in_flight.count)
+        retry_after = getattr(error, "retry_after_s", None)
+        if retry_after is not None:  # an overload refusal: when to come back (protocol.wire, Overload)
+            md = (*md, (wire.RETRY_AFTER_KEY, str(max(1, round(retry_after * 1000)))))
+        context.set_trailing_metadata(md)
 
     def predict(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         start = time.monotonic()
@@ -112,7 +117,7 @@ class InferenceService:
             return self._predict(self._decode(request), context, used, start)
         except ServingError as exc:
             code = exc.code
-            self._report(context, used)
+            self._report(context, used, exc)
             _abort(context, exc.code, str(exc))
         except Exception as exc:   # a bug, not the caller's fault: log it, answer INTERNAL
             code = grpc.StatusCode.INTERNAL
@@ -142,6 +147,7 @@ class InferenceService:
         remaining = context.time_remaining()
         # grpcio reports "no deadline" as a huge number rather than None
         deadline = None if remaining is None or remaining > 1e7 else start + remaining
+        priority = _priority(context)
         for model, version in req.targets().items():
             used.append(self._manager.acquire(model, version))
         checked = [(lv, lv.signature.validate(req.inputs, lv.model),
@@ -150,10 +156,10 @@ class InferenceService:
             _check_row_limit(lv, rows)
         # every model but the last goes to its batch threads; the last runs on this thread,
         # which a single-model call (the common case) then never leaves while a slot is free
-        others = [(lv, names, lv.runner.submit(req.inputs, rows, deadline))
+        others = [(lv, names, lv.runner.submit(req.inputs, rows, deadline, priority))
                   for lv, rows, names in checked[:-1]]
         last, rows, names = checked[-1]
-        outputs = last.runner.run(req.inputs, rows, deadline)
+        outputs = last.runner.run(req.inputs, rows, deadline, priority)
         results = {last.model: wire.ModelResult(version=last.version,
                                                 outputs={n: outputs[n] for n in names})}
         for lv, names, fut in others:
@@ -191,6 +197,17 @@ class InferenceService:
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
     """The one place a call ends in an error: the message cut to what every client accepts."""
     context.abort(code, status_message(message))
+
+
+def _priority(context: grpc.ServicerContext) -> str:
+    """The call's ``wei-priority`` (see :mod:`protocol.wire`); none is ``default``."""
+    for key, value in context.invocation_metadata() or ():
+        if key == wire.PRIORITY_KEY:
+            if value not in wire.PRIORITIES:
+                raise InvalidInput(f"{wire.PRIORITY_KEY}: expected one of {', '.join(wire.PRIORITIES)}, "
+                                   f"got {str(value)[:64]!r}")
+            return str(value)
+    return "default"
 
 
 def _check_row_limit(lv: LoadedVersion, rows: int) -> None:

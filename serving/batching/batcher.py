@@ -27,11 +27,12 @@ from concurrent.futures import Future
 import numpy as np
 
 from serving.backends import Backend
+from serving.batching.admission import Admission, AdmissionConfig
 from serving.batching.core import Batch, BatcherCore, Ticket
 from serving.batching.runner import Arrays, DirectRunner, Runner, run_backend
 from serving.batching.stats import RollingStats
 from serving.config import BatchingConfig
-from serving.errors import BackendError, DeadlineExpired, Draining, ServingError
+from serving.errors import BackendError, DeadlineExpired, Draining, Overloaded, ServingError
 
 BatchHook = Callable[[Batch], None]
 
@@ -81,6 +82,9 @@ class Batcher:
         self._closed = False
         self._slots = config.num_batch_threads
         self._running = 0                     # batches holding a slot, on any thread
+        self._running_rows = 0                # rows of every batch in progress
+        self._admission = Admission(AdmissionConfig(enabled=config.admission,
+                                                    max_queue_delay_ms=config.max_queue_delay_ms))
         self._active = 0                      # every batch in progress, solo ones too
         self._timer_at: float | None = None   # when a sleeping batch thread looks at the queue
         self.stats = RollingStats(threads=config.num_batch_threads, clock=clock)
@@ -100,16 +104,17 @@ class Batcher:
     def batch_limit(self) -> int:
         return self._core.batch_limit
 
-    def submit(self, inputs: Arrays, rows: int, deadline: float | None = None
+    def submit(self, inputs: Arrays, rows: int, deadline: float | None = None, priority: str = "default"
                ) -> Future[Arrays]:
         """Queue the request for the batch threads; its future resolves when it is answered."""
         pending = _Pending(inputs, Future())
         with self._cond:
-            self._enqueue(pending, rows, deadline)
+            self._enqueue(pending, rows, deadline, priority)
             self._kick(deadline, solo=rows > self._core.config.max_batch_size)
         return pending.future  # type: ignore[return-value]
 
-    def run(self, inputs: Arrays, rows: int, deadline: float | None = None) -> Arrays:
+    def run(self, inputs: Arrays, rows: int, deadline: float | None = None, priority: str = "default"
+            ) -> Arrays:
         """Answer the request, running batches on this thread while it can.
 
         The caller runs the batch that holds its request (or a batch ahead of
@@ -119,7 +124,7 @@ class Batcher:
         """
         pending = _Pending(inputs)
         with self._cond:
-            ticket = self._enqueue(pending, rows, deadline)
+            ticket = self._enqueue(pending, rows, deadline, priority)
         while True:
             with self._cond:
                 if ticket.taken == ticket.rows or ticket.expired:
@@ -140,14 +145,29 @@ class Batcher:
             raise pending.error
         return pending.outputs  # type: ignore[return-value]
 
-    def _enqueue(self, pending: _Pending, rows: int, deadline: float | None) -> Ticket:
+    def _enqueue(self, pending: _Pending, rows: int, deadline: float | None, priority: str) -> Ticket:
+        """Under the lock: admit (see :mod:`serving.batching.admission`) and queue, or raise Overloaded."""
         if self._closed:
             raise Draining("model version is unloading; retry")
-        return self._core.submit(rows, self._clock(), deadline, payload=pending)
+        now = self._clock()
+        w = self.stats.recent()
+        capacity = w.capacity_rows_per_s
+        refusal = self._admission.check(
+            rows=rows, now=now, deadline=deadline, priority=priority, queued_rows=self._core.queued_rows,
+            running_rows=self._running_rows, capacity_rows_per_s=capacity,
+            batch_s=w.busy_s / w.batches if w.batches else None)
+        if refusal is not None:
+            raise Overloaded(f"model {self._name}: {refusal.reason}", refusal.retry_after_s)
+        try:
+            return self._core.submit(rows, now, deadline, payload=pending)
+        except Overloaded as exc:             # the length bound: room comes as the queue drains
+            exc.retry_after_s = self._core.queued_rows / capacity if capacity else 0.05
+            raise
 
     def _take(self, batch: Batch) -> None:
         """Under the lock: this thread runs ``batch``."""
         self._active += 1
+        self._running_rows += batch.rows
         if not batch.solo:
             self._running += 1
 
@@ -302,6 +322,7 @@ class Batcher:
     def _release(self, batch: Batch, caller: bool) -> None:
         """Under the lock. A batch thread polls again itself; a caller hands queued work on."""
         self._active -= 1
+        self._running_rows -= batch.rows
         if not batch.solo:
             self._running -= 1
         if self._closed:

@@ -27,9 +27,10 @@ Arrays = dict[str, np.ndarray]
 class Runner(Protocol):
     stats: RollingStats
 
-    def run(self, inputs: Arrays, rows: int, deadline: float | None = None) -> Arrays: ...
+    def run(self, inputs: Arrays, rows: int, deadline: float | None = None, priority: str = "default"
+            ) -> Arrays: ...
 
-    def submit(self, inputs: Arrays, rows: int, deadline: float | None = None
+    def submit(self, inputs: Arrays, rows: int, deadline: float | None = None, priority: str = "default"
                ) -> Future[Arrays]: ...
 
     def queue_depth(self) -> int: ...
@@ -67,7 +68,9 @@ class DirectRunner:
         self._clock = clock
         self.stats = RollingStats(clock=clock)
 
-    def run(self, inputs: Arrays, rows: int, deadline: float | None = None) -> Arrays:
+    def run(self, inputs: Arrays, rows: int, deadline: float | None = None, priority: str = "default"
+            ) -> Arrays:
+        """Unbatched: no queue, so nothing to admit (gRPC's worker pool bounds what runs)."""
         start = self._clock()
         if deadline is not None and start >= deadline:
             raise DeadlineExpired("deadline passed before the model ran")
@@ -78,7 +81,7 @@ class DirectRunner:
             self.stats.record_batch(rows, 1.0, 0.0, took)
             self.stats.record_request(took)
 
-    def submit(self, inputs: Arrays, rows: int, deadline: float | None = None
+    def submit(self, inputs: Arrays, rows: int, deadline: float | None = None, priority: str = "default"
                ) -> Future[Arrays]:
         fut: Future[Arrays] = Future()
         try:
