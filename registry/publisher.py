@@ -32,8 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import (BadVersionError, KazooException, NoAuthError, NodeExistsError, NoNodeError,
-                              ZookeeperError)
+from kazoo.exceptions import BadVersionError, KazooException, NoAuthError, NodeExistsError, NoNodeError, ZookeeperError
 from kazoo.security import ACL
 
 from .errors import NotRegistered, PublisherClosed, RecordError

@@ -58,7 +58,7 @@ def held(repo, client_for):
         made.append(make(**batching))
         return made[-1][:4]
     yield factory
-    for server, c, model, calls, ctx in made:
+    for _server, _c, model, _calls, ctx in made:
         model.gate.set()
         ctx.__exit__(None, None, None)
 
