@@ -108,7 +108,7 @@ def parser() -> argparse.ArgumentParser:
                    help="SLO mode: size batches online for this p99")
     p.add_argument("--max-queue-delay-ms", type=_number(at_least=0),
                    help="refuse (RESOURCE_EXHAUSTED, retry-after) a call that would wait longer than this "
-                        "in the batch queue (default: 4 mean batch times; 0: no bound, deadlines still count)")
+                        "in the batch queue (default: 3 mean batch times; 0: no bound, deadlines still count)")
     p.add_argument("--no-admission", action="store_true",
                    help="queue every call that fits the queue, even one that cannot meet its deadline")
     p.add_argument("--version-policy", help="latest[:N] | all | specific:V1,V2 (all models)")

@@ -19,11 +19,11 @@ def check(adm: Admission, **kw):
 
 @pytest.mark.parametrize(("kw", "refused", "retry_after_ms"), [
     ({}, False, None),                                              # empty queue
-    ({"queued_rows": 150}, False, None),                            # 150 ms < 4 batches of 50 ms
-    ({"queued_rows": 250}, True, 50.0),                             # 250 ms > 200 ms: drains to it in 50
-    ({"queued_rows": 150, "running_rows": 200}, True, 50.0),        # half the running batch counts
-    ({"queued_rows": 150, "priority": "sheddable"}, True, 50.0),    # sheddable: half the bound
-    ({"queued_rows": 700, "priority": "critical"}, False, None),    # critical: four times it
+    ({"queued_rows": 150}, False, None),                            # 150 ms: 3 batches of 50 ms
+    ({"queued_rows": 250}, True, 100.0),                            # 250 ms > 150 ms: drains to it in 100
+    ({"queued_rows": 100, "running_rows": 200}, True, 50.0),        # half the running batch counts
+    ({"queued_rows": 100, "priority": "sheddable"}, True, 25.0),    # sheddable: half the bound
+    ({"queued_rows": 550, "priority": "critical"}, False, None),    # critical: four times it
     ({"queued_rows": 100, "deadline": 10.15}, True, 50.0),          # 100 + 100 ms > 150 ms left
     ({"queued_rows": 100, "deadline": 10.25}, False, None),
     ({"queued_rows": 100, "deadline": 9.0}, False, None),           # already late: expiry's to answer

@@ -34,8 +34,8 @@ def repo(tmp_path):
 
 @pytest.fixture
 def held(repo, client_for):
-    """A server whose one batch thread is held, 30 rows queued, and a measured pace of 1,000
-    rows/s in 10 ms batches: a default call may wait 40 ms (4 batch times), a sheddable one 20."""
+    """A server whose one batch thread is held, 20 rows queued, and a measured pace of 1,000
+    rows/s in 10 ms batches: a default call may wait 30 ms (3 batch times), a sheddable one 15."""
     def make(**batching):
         ctx = running(server_config(repo, num_batch_threads=1, **batching))
         server = ctx.__enter__()
@@ -48,8 +48,8 @@ def held(repo, client_for):
         model.entered.clear()
         calls = [c._predict.future(body(1))]
         assert model.entered.wait(10)
-        calls.append(c._predict.future(body(30)))
-        while lv.runner.queue_depth() < 30:
+        calls.append(c._predict.future(body(20)))
+        while lv.runner.queue_depth() < 20:
             threading.Event().wait(0.001)   # until the server has queued it (no timing)
         return server, c, model, calls, ctx
     made = []
@@ -68,13 +68,13 @@ def test_overload_refusals_are_immediate_name_the_figures_and_say_when_to_return
     with pytest.raises(grpc.RpcError) as err:
         c._predict(body(1), timeout=30, metadata=md("sheddable"))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "20 ms a sheddable call may wait" in err.value.details()
+    assert "15 ms a sheddable call may wait" in err.value.details()
     assert retry_after_ms(err.value) >= 10
-    calls.append(c._predict.future(body(1)))                              # default: 31 ms < 40 ms
-    calls.append(c._predict.future(body(1), metadata=md("critical")))    # critical: up to 160 ms
-    while server.manager.snapshot["aff"][1].runner.queue_depth() < 32:
+    calls.append(c._predict.future(body(1)))                              # default: 21 ms < 30 ms
+    calls.append(c._predict.future(body(1), metadata=md("critical")))    # critical: up to 120 ms
+    while server.manager.snapshot["aff"][1].runner.queue_depth() < 22:
         threading.Event().wait(0.001)
-    with pytest.raises(grpc.RpcError) as late:                            # 32 ms queued > 20 ms left
+    with pytest.raises(grpc.RpcError) as late:                            # 22 ms queued > 20 ms left
         c._predict(body(1), timeout=0.02)
     assert late.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "after its deadline" in late.value.details() and retry_after_ms(late.value) >= 10
@@ -87,7 +87,7 @@ def test_overload_refusals_are_immediate_name_the_figures_and_say_when_to_return
 def test_without_admission_the_same_calls_are_queued(held):
     server, c, model, calls = held(admission=False)
     calls.append(c._predict.future(body(1), metadata=md("sheddable")))
-    while server.manager.snapshot["aff"][1].runner.queue_depth() < 31:
+    while server.manager.snapshot["aff"][1].runner.queue_depth() < 21:
         threading.Event().wait(0.001)
     model.gate.set()
     for call in calls:
