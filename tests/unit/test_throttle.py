@@ -89,7 +89,7 @@ def test_callers_mistakes_and_pod_failures_do_not_count():
 
 
 def test_the_window_forgets_a_bucket_at_a_time():
-    """120 s in 60 buckets of 2 s: refusals at t=0 are forgotten once t passes 120 s."""
+    """120 s in 120 buckets of 1 s: refusals at t=0 are forgotten once t passes 120 s."""
     t = fed(300, 0, now=0.0, u=0.0)
     for _ in range(10):
         t.record("OK", 60.0)
@@ -101,12 +101,33 @@ def test_the_window_forgets_a_bucket_at_a_time():
 
 
 def test_accepts_after_overload_lower_p_at_once():
-    t = fed(140, 60)
+    t = fed(140, 60, recent_s=0)  # the book's rule alone
     before = t.probability("default", 1.0)
     for _ in range(40):
         t.record("OK", 2.0)
     assert t.probability("default", 2.0) < before
     assert t.probability("default", 2.0) == pytest.approx(max(0.0, (240 - 2 * 100) / 241))
+
+
+def test_throttling_stops_within_the_recent_window_once_servers_accept_again():
+    """The window still remembers a minute of overload; the last 2 s of attempts do not."""
+    t = Throttle(ThrottleConfig(), Fixed(0.0))
+    for second in range(60):                  # a minute at 140 %: 7 of 10 sheddable attempts accepted
+        for _ in range(7):
+            t.record("OK", float(second))
+        for _ in range(3):
+            t.record("RESOURCE_EXHAUSTED", float(second))
+    assert t.probability("sheddable", 59.5) == pytest.approx((20 - 1.1 * 14) / 21)  # min(window, last 2 s)
+    assert t.check("sheddable", 59.5) is not None       # rejected while the overload is current
+    for _ in range(10):                                 # the servers have room again
+        t.record("OK", 60.5)
+    assert t.probability("sheddable", 60.9) > 0.0       # the last 2 s still hold a second of overload ...
+    assert t.probability("sheddable", 61.9) == 0.0      # ... then only accepts: none rejected
+    assert Throttle(ThrottleConfig(recent_s=0), Fixed(0.0)).probability("sheddable", 0.0) == 0.0
+    book = fed(180, 420, now=59.0, recent_s=0)
+    for _ in range(20):
+        book.record("OK", 61.5)
+    assert book.probability("sheddable", 61.9) > 0.1    # the book's rule alone still rejects
 
 
 def test_a_clock_that_steps_back_counts_into_the_current_bucket():
