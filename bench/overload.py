@@ -178,14 +178,16 @@ def report(results: list[ArmResult], args) -> None:
     table = Table(title=f"offered {args.load:.0%} of capacity, then {args.load * 7 / 4:.0%} while the fastest pod "
                         f"is slowed, then {args.load:.0%} again ({args.timeout_s:g} s deadline)")
     for col in ("arm", "goodput at 140 %", "p99 ok 80 %", "p99 ok 140 %", "p99 ok / 80 %", "refusal p50 ms",
-                "errors after", "errors by kind", *(("sheddable ok / default ok",) if args.sheddable else ())):
+                "errors in 2 s after" + (" (default / sheddable)" if args.sheddable else ""), "errors by kind", *(("sheddable ok / default ok",) if args.sheddable else ())):
         table.add_column(col, justify="left" if col in ("arm", "errors by kind") else "right")
     for r in results:
         p1, p2, end = r.phases
         normal = r.p99_ok_ms(0.5, p1)
         over = r.p99_ok_ms(p1, p2)
         refused = [c.took * 1000 for c in r.calls if not c.ok and c.kind != "DeadlineExceeded"]
-        after = sum(1 for c in r.within(p2, p2 + 2.0) if not c.ok)
+        late = [c for c in r.within(p2, p2 + 2.0) if not c.ok]
+        after = str(len(late)) if not args.sheddable else \
+            f"{sum(not c.sheddable for c in late)} / {sum(c.sheddable for c in late)}"
         kinds = Counter(c.kind for c in r.calls if not c.ok)
         shed_cell: tuple[str, ...] = ()
         if args.sheddable:
@@ -194,7 +196,7 @@ def report(results: list[ArmResult], args) -> None:
                 return sum(c.ok for c in cs) / max(1, len(cs))
             shed_cell = (f"{ok_ratio(True):.0%} / {ok_ratio(False):.0%}",)
         table.add_row(r.arm, f"{r.goodput(p1, p2, r.capacity_rows_per_s[1]):.0%}", f"{normal:.0f}", f"{over:.0f}",
-                      f"{over / normal:.2f}", f"{np.median(refused):.1f}" if refused else "-", str(after),
+                      f"{over / normal:.2f}", f"{np.median(refused):.1f}" if refused else "-", after,
                       ", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "none", *shed_cell)
     console.print(table)
 
