@@ -9,8 +9,9 @@
                 another live instance holds our id, or writes keep failing
 ``/startupz``   200 once the startup probe has passed
 ``/livez``      200 while the agent's own loop runs (the agent container's liveness)
-``/metrics``    Prometheus text: weight, capacity, health, probe results,
-                registration phase, ZooKeeper writes, the server's in-flight
+``/metrics``    Prometheus text (:mod:`server_agent.metrics`): weight, capacity,
+                health, probe results, registration phase, ZooKeeper writes,
+                the server's in-flight, busy ratio and queue delay
 ``/status``     JSON: everything above, and the published record
 ``/drain``      starts the shutdown sequence and answers once deregistered (the
                 model server container's preStop hook, ``wei-agent drain``):
@@ -28,18 +29,16 @@ import hmac
 import ipaddress
 import json
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from registry.session import RegistryState
 
 from .lifecycle import Phase
-from .probes import ProbeKind, ProbeState
+from .metrics import AgentCollector
+from .probes import ProbeKind
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -123,60 +122,6 @@ def agent_status(view: AgentView, now: float) -> dict[str, Any]:
     }
 
 
-class _Collector(Collector):
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        v = self._agent.view
-        g = GaugeMetricFamily
-        yield g("wei_agent_weight", "Weight the controller holds now", value=v.weight)
-        yield g("wei_agent_published_weight", "Weight in ZooKeeper (0 while unregistered or drained)",
-                value=v.published_weight or 0.0)
-        yield g("wei_agent_capacity_score", "Declared or calibrated capacity (the estimate's prior basis)",
-                value=v.capacity.score)
-        yield g("wei_agent_capacity_samples_per_second", "Measured capacity the weight scales",
-                value=v.estimator.value)
-        yield g("wei_agent_capacity_confidence", "Evidence / (evidence + prior weight), 0..1",
-                value=v.estimator.confidence)
-        yield g("wei_agent_capacity_cpu_cores", "CPU cores detected", value=v.capacity.capacity.cpu_cores)
-        yield g("wei_agent_capacity_gpus", "GPUs detected", value=v.capacity.capacity.gpu_count)
-        yield g("wei_agent_health", "Health factor in [0, 1] the weight is computed with",
-                value=v.health_factor)
-        yield g("wei_agent_slow_start_ramp", "Slow-start ramp factor", value=v.ramp)
-        ok = g("wei_agent_probe_success", "1 success, 0 failure, -1 unknown", labels=["probe"])
-        fails = g("wei_agent_probe_consecutive_failures", "Consecutive failures", labels=["probe"])
-        for p in v.engine.probes:
-            ok.add_metric([str(p.kind)], {ProbeState.SUCCESS: 1, ProbeState.FAILURE: 0}.get(p.state, -1))
-            fails.add_metric([str(p.kind)], p.consecutive_failures)
-        yield ok
-        yield fails
-        results = CounterMetricFamily("wei_agent_probe_results", "Probe results", labels=["probe", "result"])
-        for (kind, passed), n in sorted(v.probe_results.items()):
-            results.add_metric([kind, "success" if passed else "failure"], n)
-        yield results
-        phase = g("wei_agent_registration_phase", "1 for the current phase", labels=["phase"])
-        for p in Phase:
-            phase.add_metric([str(p)], 1.0 if p is v.phase else 0.0)
-        yield phase
-        yield CounterMetricFamily("wei_agent_weight_publishes", "Weights the controller decided to publish",
-                                  value=v.weight_publishes)
-        yield CounterMetricFamily("wei_agent_zk_writes", "ZooKeeper writes (create, set, delete)", value=v.zk_writes)
-        yield g("wei_agent_zk_connected", "1 while the ZooKeeper session is connected", value=float(v.zk_connected))
-        state = g("wei_agent_registry_state", "1 for the registry connection's state now", labels=["state"])
-        for rs in RegistryState:
-            state.add_metric([str(rs)], 1.0 if v.registry is not None and v.registry.state is rs else 0.0)
-        yield state
-        yield CounterMetricFamily("wei_agent_registry_fresh_restarts", "ZooKeeper client restarts with a fresh "
-                                  "session because ZooKeeper refused ours (it lost its data)",
-                                  value=v.registry.fresh_restarts if v.registry is not None else 0)
-        yield g("wei_agent_registration_problem", "1 while registered but the node cannot be written "
-                "(instance id used twice, failing writes)", value=float(v.registration_problem is not None))
-        in_flight = v.server.in_flight if v.server is not None else None
-        yield g("wei_agent_server_in_flight", "Requests in flight on the model server (-1 unknown)",
-                value=-1.0 if in_flight is None else float(in_flight))
-
-
 def is_loopback(host: str) -> bool:
     """True for an address only this machine (this pod's containers) can reach."""
     if host == "localhost":
@@ -205,7 +150,9 @@ class AgentHttp:
                  control_port: int | None = None, control_fallback: bool = False,
                  token: str | None = None) -> None:
         registry = CollectorRegistry()
-        registry.register(_Collector(agent))
+        c = agent.config
+        registry.register(AgentCollector(lambda: agent.view, service=c.service, instance_id=c.instance_id,
+                                         endpoint=f"{c.address}:{c.port}", zone=c.zone))
         clock = agent._clock
         budget = agent.config.shutdown_budget_s
         self.pending_drains = 0

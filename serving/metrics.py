@@ -1,5 +1,8 @@
 """Prometheus metrics for one server (its own registry, so tests may run several).
 
+Names follow Prometheus' conventions: base units (``_seconds``), ratios in
+0..1 (``_ratio``), counters named with their exposed ``_total``.
+
 Per-request figures are observed on the request path (a counter and a
 histogram); everything else is read live from the model manager at scrape
 time by :class:`_LiveCollector`, so the request path pays nothing for it.
@@ -41,7 +44,7 @@ class _LiveCollector(Collector):
             "ewma": GaugeMetricFamily("weiserving_latency_ewma_seconds", "EWMA of request "
                                       "latency inside the runner", labels=labels),
         }
-        batches = CounterMetricFamily("weiserving_batches", "Batches run", labels=labels)
+        batches = CounterMetricFamily("weiserving_batches_total", "Batches run", labels=labels)
         for model, versions in self._snapshot().items():
             for v, lv in versions.items():
                 lab = [model, str(v)]
@@ -62,7 +65,7 @@ class _LiveCollector(Collector):
 class ServerMetrics:
     def __init__(self, snapshot: Callable[[], LoadedModels], in_flight: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("weiserving_requests", "Predict calls by model and status code "
+        self.requests = Counter("weiserving_requests_total", "Predict calls by model and status code "
                                 "(model is empty when no loaded model was named)",
                                 ["model", "code"], registry=self.registry)
         self.latency = Histogram("weiserving_request_latency_seconds", "Predict latency "

@@ -122,7 +122,7 @@ class WeiClient:
             self._await_start(settings.hosts)
             self._on_membership(self._watcher.snapshot)
             self._on_config(self._config_watcher.snapshot)
-            self._metrics.watch(lambda now: self._balancer.stats(now))
+            self._metrics.watch(lambda now: self._balancer.stats(now), staleness=self._watcher.staleness)
             self._housekeeper = threading.Thread(target=self._housekeeping, name=f"wei-client-{service}",
                                                  daemon=True)
             opened.callback(self._stop.set)

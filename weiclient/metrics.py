@@ -9,6 +9,11 @@
     weiclient_overload_refusals_total{service,client,endpoint}   attempts a pod refused for overload
     weiclient_endpoint_in_flight / _in_flight_rows / _effective_weight / _ejected {service,client,endpoint}
                                                                  at scrape time
+    weiclient_membership_staleness_seconds{service,client}       how long the membership has been possibly
+                                                                 out of date (ZooKeeper unreachable; 0 while live)
+
+Names follow Prometheus' conventions: base units (``_seconds``), counters
+named with their exposed ``_total``.
 
 Every collector is created once, when this module is imported, in the
 process's default registry, and all clients share them: a ranking service
@@ -47,22 +52,23 @@ __all__ = ["ClientMetrics", "NullMetrics", "live_clients"]
 log = logging.getLogger(__name__)
 _BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _LABELS = ["service", "client"]
-REQUESTS = Counter("weiclient_requests", "WeiClient calls by outcome", [*_LABELS, "model", "outcome"])
+REQUESTS = Counter("weiclient_requests_total", "WeiClient calls by outcome", [*_LABELS, "model", "outcome"])
 REQUEST_SECONDS = Histogram("weiclient_request_seconds", "WeiClient call latency, retries included",
                             [*_LABELS, "model"], buckets=_BUCKETS)
-ATTEMPTS = Counter("weiclient_attempts", "Attempts per endpoint by gRPC code", [*_LABELS, "endpoint", "code"])
-RETRIES = Counter("weiclient_retries", "Retries by the code that caused them", [*_LABELS, "code"])
-HEDGES = Counter("weiclient_hedges", "Hedged calls by outcome", [*_LABELS, "outcome"])
-THROTTLED = Counter("weiclient_throttled", "Calls rejected by adaptive client-side throttling, before sending",
+ATTEMPTS = Counter("weiclient_attempts_total", "Attempts per endpoint by gRPC code", [*_LABELS, "endpoint", "code"])
+RETRIES = Counter("weiclient_retries_total", "Retries by the code that caused them", [*_LABELS, "code"])
+HEDGES = Counter("weiclient_hedges_total", "Hedged calls by outcome", [*_LABELS, "outcome"])
+THROTTLED = Counter("weiclient_throttled_total", "Calls rejected by adaptive client-side throttling, before sending",
                     [*_LABELS, "priority"])
-REFUSALS = Counter("weiclient_overload_refusals", "Attempts a pod refused for overload (RESOURCE_EXHAUSTED)",
+REFUSALS = Counter("weiclient_overload_refusals_total", "Attempts a pod refused for overload (RESOURCE_EXHAUSTED)",
                    [*_LABELS, "endpoint"])
 
 Stats = Callable[[float], Any]  # now -> BalancerStats
 
 
 class _EndpointGauges(Collector):
-    """Per-endpoint gauges of every live client, from its balancer's ``stats()`` at scrape time."""
+    """Per-endpoint gauges of every live client, from its balancer's ``stats()`` at scrape time, and
+    each client's membership staleness."""
 
     _FAMILIES = (
         ("in_flight", "weiclient_endpoint_in_flight", "Calls in flight"),
@@ -70,24 +76,32 @@ class _EndpointGauges(Collector):
         ("effective_weight", "weiclient_endpoint_effective_weight", "Weight after slow start, health and ejection"),
         ("ejected", "weiclient_endpoint_ejected", "1 while ejected"),
     )
+    STALENESS = "weiclient_membership_staleness_seconds"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sources: dict[tuple[str, str], Stats] = {}  # (service, client) -> stats
+        self._staleness: dict[tuple[str, str], Callable[[], float]] = {}
 
-    def add(self, service: str, client: str, stats: Stats) -> None:
+    def add(self, service: str, client: str, stats: Stats, staleness: Callable[[], float] | None = None) -> None:
         with self._lock:
             self._sources[(service, client)] = stats
+            if staleness is not None:
+                self._staleness[(service, client)] = staleness
 
     def remove(self, service: str, client: str) -> None:
         with self._lock:
             self._sources.pop((service, client), None)
+            self._staleness.pop((service, client), None)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         families = {key: GaugeMetricFamily(name, doc, labels=[*_LABELS, "endpoint"])
                     for key, name, doc in self._FAMILIES}
+        stale = GaugeMetricFamily(self.STALENESS, "Seconds the membership has been possibly out of date "
+                                  "(ZooKeeper unreachable; 0 while live)", labels=_LABELS)
         with self._lock:
             sources = list(self._sources.items())
+            staleness = list(self._staleness.items())
         now = time.monotonic()
         for (service, client), stats in sources:
             try:
@@ -101,7 +115,13 @@ class _EndpointGauges(Collector):
                 families["in_flight_rows"].add_metric(labels, ep.in_flight_rows)
                 families["effective_weight"].add_metric(labels, ep.effective_weight)
                 families["ejected"].add_metric(labels, 1.0 if ep.ejected_for_s > 0 else 0.0)
+        for (service, client), read in staleness:
+            try:
+                stale.add_metric([service, client], read())
+            except Exception:
+                log.exception("metrics: reading the membership staleness of client %s failed", client)
         yield from families.values()
+        yield stale
 
 
 ENDPOINTS = _EndpointGauges()
@@ -168,10 +188,10 @@ class ClientMetrics:
     def refused(self, endpoint: str) -> None:
         REFUSALS.labels(self.service, self.name, endpoint).inc()
 
-    def watch(self, stats: Stats) -> None:
-        """Export per-endpoint gauges from ``stats(now)`` until :meth:`close`."""
+    def watch(self, stats: Stats, staleness: Callable[[], float] | None = None) -> None:
+        """Export per-endpoint gauges from ``stats(now)``, and ``staleness()`` (seconds), until :meth:`close`."""
         if not self._closed:
-            ENDPOINTS.add(self.service, self.name, stats)
+            ENDPOINTS.add(self.service, self.name, stats, staleness)
 
     def close(self) -> None:
         """Stop the gauges and free the label value (idempotent). Counters keep their values."""
@@ -200,5 +220,5 @@ class NullMetrics(ClientMetrics):
     def hedge(self, outcome: str) -> None: ...
     def throttled(self, priority: str) -> None: ...
     def refused(self, endpoint: str) -> None: ...
-    def watch(self, stats: Stats) -> None: ...
+    def watch(self, stats: Stats, staleness: Callable[[], float] | None = None) -> None: ...
     def close(self) -> None: ...
