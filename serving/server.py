@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from concurrent import futures
 from typing import Any
 
@@ -25,70 +24,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from protocol import wire
 from protocol.status import StatusDoc
 from serving.config import ServerConfig
-from serving.errors import (
-    DeadlineExpired,
-    Draining,
-    InvalidInput,
-    ModelNotFound,
-    RowLimitExceeded,
-    ServingError,
-    status_message,
-)
+from serving.errors import InvalidInput, ModelNotFound, ServingError
 from serving.http import StatusHttp
-from serving.loadcache import ReportCache
+from serving.inference import Call, Inference, InFlight, abort, call_options, finish
 from serving.metrics import ServerMetrics
 from serving.reports import build_status
-from serving.repository import LoadedModels, LoadedVersion, ModelManager
+from serving.repository import LoadedModels, ModelManager
 
 log = logging.getLogger("serving.server")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-# What counts as an error in the load report's ``eps`` (what ``orca_wrr`` penalises): the pod's own
-# failures and refusals, never a caller's mistake (INVALID_ARGUMENT, NOT_FOUND, ...).
-POD_ERRORS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN})
 
-
-class _InFlight:
-    """Counts calls in progress; refuses new ones once draining; lets drain wait for zero."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.count = 0
-        self.draining = False
-
-    def enter(self) -> None:
-        with self._cond:
-            if self.draining:
-                raise Draining("server is draining (shutting down); retry on another endpoint")
-            self.count += 1
-
-    def leave(self) -> None:
-        with self._cond:
-            self.count -= 1
-            if self.count == 0:
-                self._cond.notify_all()
-
-    def refuse_new(self) -> None:
-        with self._cond:
-            self.draining = True
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.count == 0, timeout)
-
-
-class InferenceService:
-    """Predict and Metadata; errors are translated to status codes here, once."""
-
-    def __init__(self, manager: ModelManager, config: ServerConfig, metrics: ServerMetrics,
-                 in_flight: _InFlight) -> None:
-        self._manager = manager
-        self._limits = wire.Limits(max_message_bytes=config.max_message_bytes)
-        self._metrics = metrics
-        self._in_flight = in_flight
-        self._reports = ReportCache(lambda: manager.snapshot)
+class InferenceService(Inference):
+    """``weiserving.v1.Inference``: Predict (msgpack, through :meth:`Inference.execute`) and Metadata."""
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(wire.SERVICE, {
@@ -96,128 +45,37 @@ class InferenceService:
             "Metadata": grpc.unary_unary_rpc_method_handler(self.metadata),
         })
 
-    def _report(self, context: grpc.ServicerContext, used: list[LoadedVersion],
-                error: ServingError | None = None) -> None:
-        md = self._reports.metadata(used, self._in_flight.count)
-        retry_after = getattr(error, "retry_after_s", None)
-        if retry_after is not None:  # an overload refusal: when to come back (protocol.wire, Overload)
-            md = (*md, (wire.RETRY_AFTER_KEY, str(max(1, round(retry_after * 1000)))))
-        context.set_trailing_metadata(md)
-
     def predict(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        start = time.monotonic()
-        used: list[LoadedVersion] = []
-        code = grpc.StatusCode.OK
-        try:
-            self._in_flight.enter()
-        except Draining as exc:
-            self._report(context, used)
-            _abort(context, exc.code, str(exc))
-        try:
-            return self._predict(self._decode(request), context, used, start)
-        except ServingError as exc:
-            code = exc.code
-            self._report(context, used, exc)
-            _abort(context, exc.code, str(exc))
-        except Exception as exc:   # a bug, not the caller's fault: log it, answer INTERNAL
-            code = grpc.StatusCode.INTERNAL
-            log.exception("Predict failed")
-            self._report(context, used)
-            _abort(context, code, f"internal error: {type(exc).__name__}: {exc}")
-        finally:
-            if code in POD_ERRORS:
-                for lv in used:
-                    lv.runner.stats.record_error()
-            for lv in used:
-                lv.release()
-            self._in_flight.leave()
-            # labelled by loaded models only: a caller must not be able to mint label values
-            elapsed = time.monotonic() - start
-            for model in {lv.model for lv in used} or {""}:
-                self._metrics.observe(model, code, elapsed)
-
-    def _decode(self, request: bytes) -> wire.PredictRequest:
-        try:
-            return wire.decode_request(request, self._limits)
-        except wire.WireError as exc:
-            raise InvalidInput(f"malformed Predict request: {exc}") from None
-
-    def _predict(self, req: wire.PredictRequest, context: grpc.ServicerContext,
-                 used: list[LoadedVersion], start: float) -> bytes:
-        remaining = context.time_remaining()
-        # grpcio reports "no deadline" as a huge number rather than None
-        deadline = None if remaining is None or remaining > 1e7 else start + remaining
-        priority = _priority(context)
-        for model, version in req.targets().items():
-            used.append(self._manager.acquire(model, version))
-        checked = [(lv, lv.signature.validate(req.inputs, lv.model),
-                    lv.signature.check_outputs(req.outputs, lv.model)) for lv in used]
-        for lv, rows, _ in checked:
-            _check_row_limit(lv, rows)
-        # every model but the last goes to its batch threads; the last runs on this thread,
-        # which a single-model call (the common case) then never leaves while a slot is free
-        others = [(lv, names, lv.runner.submit(req.inputs, rows, deadline, priority))
-                  for lv, rows, names in checked[:-1]]
-        last, rows, names = checked[-1]
-        outputs = last.runner.run(req.inputs, rows, deadline, priority)
-        results = {last.model: wire.ModelResult(version=last.version,
-                                                outputs={n: outputs[n] for n in names})}
-        for lv, names, fut in others:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        def decode() -> Call:
+            deadline, priority = call_options(context)
             try:
-                outputs = fut.result(timeout)
-            except futures.TimeoutError:
-                raise DeadlineExpired(f"deadline exceeded waiting for model {lv.model!r}") \
-                    from None
-            results[lv.model] = wire.ModelResult(version=lv.version,
-                                                 outputs={n: outputs[n] for n in names})
-        results = {lv.model: results[lv.model] for lv in used}     # in the order asked
-        body = wire.encode_response(wire.PredictResponse(results=results), self._limits)
-        self._report(context, used)
-        return body
+                req = wire.decode_request(request, self.limits)
+            except wire.WireError as exc:
+                raise InvalidInput(f"malformed Predict request: {exc}") from None
+            return Call(targets=req.targets(), inputs=req.inputs, outputs=req.outputs, deadline=deadline,
+                        priority=priority)
+
+        def encode(_call: Call, results: dict[str, wire.ModelResult]) -> bytes:
+            return wire.encode_response(wire.PredictResponse(results=results), self.limits)
+
+        return finish(context, self.execute(decode, encode))
 
     def metadata(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         try:
             try:
-                model = wire.decode_metadata_request(request, self._limits)
+                model = wire.decode_metadata_request(request, self.limits)
             except wire.WireError as exc:
                 raise InvalidInput(f"malformed Metadata request: {exc}") from None
-            snap = self._manager.snapshot
+            snap = self.manager.snapshot
             if model is not None and model not in snap:
                 raise ModelNotFound(f"model {model!r} is not loaded; loaded models: "
                                     f"{sorted(snap)}")
             names = [model] if model is not None else sorted(snap)
-            self._report(context, [])
+            context.set_trailing_metadata(self.trailers([]))
             return wire.encode_metadata_response({m: describe_model(snap, m) for m in names})
         except ServingError as exc:
-            self._report(context, [])
-            _abort(context, exc.code, str(exc))
-
-
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
-    """The one place a call ends in an error: the message cut to what every client accepts."""
-    context.abort(code, status_message(message))
-
-
-def _priority(context: grpc.ServicerContext) -> str:
-    """The call's ``wei-priority`` (see :mod:`protocol.wire`); none is ``default``."""
-    for key, value in context.invocation_metadata() or ():
-        if key == wire.PRIORITY_KEY:
-            if value not in wire.PRIORITIES:
-                raise InvalidInput(f"{wire.PRIORITY_KEY}: expected one of {', '.join(wire.PRIORITIES)}, "
-                                   f"got {str(value)[:64]!r}")
-            return str(value)
-    return "default"
-
-
-def _check_row_limit(lv: LoadedVersion, rows: int) -> None:
-    """A request larger than the batch queue can hold would never be admitted: the caller's to split."""
-    b = lv.config.batching
-    if b.enabled and rows > b.max_queued_rows:
-        raise RowLimitExceeded(
-            f"model {lv.model!r}: the request has {rows} rows, over this model's limit of {b.max_queued_rows} "
-            f"rows per request (max_enqueued_batches {b.max_enqueued_batches} x max_batch_size "
-            f"{b.max_batch_size}); split it into calls of at most {b.max_queued_rows} rows")
+            context.set_trailing_metadata(self.trailers([]))
+            abort(context, exc.code, str(exc))
 
 
 def describe_model(snap: LoadedModels, model: str) -> dict[str, Any]:
@@ -243,7 +101,7 @@ class ModelServer:
         self.config = config
         self.health = health.HealthServicer()
         self.manager = ModelManager(config, on_change=self._on_models_changed)
-        self._in_flight = _InFlight()
+        self._in_flight = InFlight()
         self.metrics = ServerMetrics(lambda: self.manager.snapshot, lambda: self._in_flight.count)
         self.service = InferenceService(self.manager, config, self.metrics, self._in_flight)
         self._grpc: grpc.Server | None = None
