@@ -4,6 +4,7 @@
     wei-registry watch ctr --count 5      print each new membership snapshot
     wei-registry config ctr               traffic splits and balancer policy
     wei-registry split ctr ctr 12=90 13=10 [--force]
+    wei-registry top ctr [--once]         live: members, capacity, split, changes (see cli_top)
 
 Tables are plain columns when not on a wide enough terminal (see
 :mod:`registry.cli_view`): ids and addresses are never cut. ``split`` refuses
@@ -35,6 +36,8 @@ from kazoo.exceptions import KazooException, NoAuthError, NoNodeError, Zookeeper
 from rich.text import Text
 
 from .cli_args import integer, number
+from .cli_top import add_arguments as add_top_arguments
+from .cli_top import cmd_top
 from .cli_view import config_view, footer, out, print_json, show_members, snapshot_header
 from .cli_view import human_age as human_age  # re-exported: the CLI's pure helpers live there now
 from .errors import RecordError, RegistryError, ServiceNotFound
@@ -251,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("shares", nargs="+", metavar="VERSION=SHARE")
     s.add_argument("--force", action="store_true",
                    help="set the split even if no routable pod hosts a version given a share")
+    add_top_arguments(command("top", cmd_top, "a live view: members, capacity, split and changes (Ctrl-C ends)"))
     return p
 
 
