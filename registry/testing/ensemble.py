@@ -14,14 +14,12 @@ import weakref
 from pathlib import Path
 
 from .process import (
-    MAIN_CLASS,
-    SLF4J_SIMPLE_JAR,
     ZOOKEEPER_JAR,
     EmbeddedZooKeeperError,
     Member,
     ZooKeeperSettings,
-    die_with_parent,
     free_ports,
+    java_command,
 )
 
 _live: weakref.WeakSet[ZooKeeperEnsemble] = weakref.WeakSet()
@@ -210,23 +208,7 @@ class ZooKeeperEnsemble:
 
     def _spawn(self, m: Member) -> None:
         s = self.settings
-        classpath = [str(ZOOKEEPER_JAR)]
-        if SLF4J_SIMPLE_JAR.exists():
-            classpath.append(str(SLF4J_SIMPLE_JAR))
-        cmd = [
-            s.java,
-            f"-Xmx{s.heap_mb}m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",
-            "-Xss512k",
-            "-Djava.awt.headless=true",
-            f"-Dorg.slf4j.simpleLogger.defaultLogLevel={s.log_level}",
-            "-Dzookeeper.jmx.log4j.disable=true",
-            "-cp",
-            ":".join(classpath),
-            MAIN_CLASS,
-            str(m.directory / "zoo.cfg"),
-        ]
+        cmd = java_command(s, m)
         log = open(m.directory / "zookeeper.log", "ab")  # noqa: SIM115 - owned by the child
         try:
             m.process = subprocess.Popen(
@@ -235,7 +217,6 @@ class ZooKeeperEnsemble:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=m.directory,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - single call, no threads touched
                 start_new_session=True,
             )
         except FileNotFoundError as e:

@@ -1,21 +1,34 @@
 """The pieces under the harness: settings, free ports, four-letter words, one member's process.
 
 See :mod:`registry.testing` for the harness itself.
+
+A member's JVM (:func:`java_command`) writes its crash log (``hs_err``) under
+:data:`CRASH_DIR`, which outlives the ensemble's temporary directory, and
+:meth:`Member.log_tail` (what a start failure reports) names it. The JVM is
+started without a ``preexec_fn``: one forces ``fork()`` and runs every
+library's at-fork handlers in the starting process, which in a benchmark
+(gRPC, TensorFlow and OpenBLAS threads) can hang it (seen: OpenBLAS's
+``blas_thread_shutdown_``) or kill the child before ``exec``; the parent-death
+signal is set by ``setpriv --pdeathsig`` instead, after ``exec``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 SLF4J_SIMPLE_JAR = Path("/usr/share/java/slf4j-simple.jar")
 MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+CRASH_DIR = Path(tempfile.gettempdir()) / "weiserving-zk-crashes"
+"""Where members' JVM crash logs are kept: ``{member.name}-{pid}.log``."""
 
 
 class EmbeddedZooKeeperError(RuntimeError):
@@ -84,10 +97,48 @@ def _mode_of(srvr_answer: str) -> str | None:
 
 
 def die_with_parent() -> None:
-    """``preexec_fn`` for child processes: the kernel SIGKILLs them when their parent dies."""
+    """``preexec_fn`` for child processes: the kernel SIGKILLs them when their parent dies.
+
+    A ``preexec_fn`` makes subprocess ``fork()`` (not ``vfork()``) and run every at-fork
+    handler; in a process with gRPC or BLAS threads that can hang or crash. Prefer
+    :func:`die_with_parent_prefix` in front of the command.
+    """
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def die_with_parent_prefix() -> list[str]:
+    """``setpriv --pdeathsig KILL --`` where util-linux has it: the child, once exec'd, is
+    SIGKILLed when the thread that started it ends; no Python runs between fork and exec."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+
+
+def java_command(settings: ZooKeeperSettings, member: Member) -> list[str]:
+    """The member's command line. No ``-Xss``: a native frame (the verifier, getaddrinfo)
+    that overflows a Java thread's stack leaves no room for the JVM's signal handler, so
+    the process dies by SIGSEGV (-11) with no crash log; smaller stacks save nothing here
+    (they are committed only as touched)."""
+    classpath = [str(ZOOKEEPER_JAR)]
+    if SLF4J_SIMPLE_JAR.exists():
+        classpath.append(str(SLF4J_SIMPLE_JAR))
+    CRASH_DIR.mkdir(parents=True, exist_ok=True)
+    return [
+        *die_with_parent_prefix(),
+        settings.java,
+        f"-Xmx{settings.heap_mb}m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        f"-XX:ErrorFile={CRASH_DIR / member.name}-%p.log",
+        "-Djava.awt.headless=true",
+        f"-Dorg.slf4j.simpleLogger.defaultLogLevel={settings.log_level}",
+        "-Dzookeeper.jmx.log4j.disable=true",
+        "-cp",
+        ":".join(classpath),
+        MAIN_CLASS,
+        str(member.directory / "zoo.cfg"),
+    ]
 
 
 @dataclass(kw_only=True)
@@ -109,6 +160,18 @@ class Member:
     def address(self) -> str:
         return f"127.0.0.1:{self.client_port}"
 
+    @property
+    def name(self) -> str:
+        """Unique among live ensembles: the ensemble's directory and the member's id."""
+        return f"{self.directory.parent.name}-zk{self.myid}"
+
+    def crash_log(self) -> Path | None:
+        """The JVM's crash log for the current (or last) process, if it wrote one."""
+        if self.process is None:
+            return None
+        path = CRASH_DIR / f"{self.name}-{self.process.pid}.log"
+        return path if path.is_file() else None
+
     def mode(self) -> str | None:
         """``standalone``, ``leader``, ``follower``, or None when not serving."""
         try:
@@ -117,8 +180,19 @@ class Member:
             return None
 
     def log_tail(self, lines: int = 30) -> str:
+        """The output's last lines, the signal that ended the process, and where its JVM crash
+        log is kept (copied out of the directory the ensemble removes)."""
         path = self.directory / "zookeeper.log"
         try:
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            tail = "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
-            return ""
+            tail = ""
+        notes = [tail or f"(no output in {path}: the process ended before the JVM wrote a line)"]
+        code = self.process.poll() if self.process is not None else None
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+            notes.append(f"(ended by {name}; a crash the JVM handled ends by SIGABRT with a crash log)")
+        crash = self.crash_log()
+        if crash is not None:
+            notes.append(f"JVM crash log kept at {crash}")
+        return "\n".join(notes)
