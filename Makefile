@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := zookeeper libcurator-discovery-java default-jdk-headless
 TORCH_WHEELS ?= /opt/wheels/torch-*+cpu-cp311-*.whl
 
-.PHONY: deps system venv test unit demo registry-demo bench lint clean
+.PHONY: deps system venv test unit demo registry-demo bench lint proto clean
 
 deps: system venv
 
@@ -57,6 +57,16 @@ bench: deps
 	$(PY) bench/overhead.py
 	$(PY) bench/batching.py
 	$(PY) bench/hetero.py --swap --plots bench/out
+
+# The OIP messages (protocol/oip/grpc_predict_v2.proto) as Python, committed so that neither users nor
+# wei-serve need protoc or grpcio-tools. Two edits to protoc's output: a private descriptor pool, so the
+# module loads beside tritonclient's (the same 'inference.*' names in the default pool clash), and a
+# ruff exemption. tests/unit/test_oip_proto.py checks the committed module against the .proto.
+OIP_PB2 := protocol/oip/grpc_predict_v2_pb2
+proto: venv
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. protocol/oip/grpc_predict_v2.proto
+	sed -i -e 's/^DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(/POOL = _descriptor_pool.DescriptorPool()\nDESCRIPTOR = POOL.AddSerializedFile(/' $(OIP_PB2).py
+	sed -i -e '1i # ruff: noqa' $(OIP_PB2).py $(OIP_PB2).pyi
 
 lint: venv
 	$(VENV)/bin/ruff check protocol registry weiclient serving server_agent tests bench examples
