@@ -21,7 +21,8 @@ DOCS = [(f"{p.name}#{i}", d) for p in sorted(K8S.glob("*.yaml"))
 
 
 def test_there_are_manifests_and_a_current_kubernetes_version():
-    assert {name.split("#")[0] for name, _ in DOCS} == {"serving-deployment.yaml", "zookeeper.yaml"}
+    assert {name.split("#")[0] for name, _ in DOCS} == {"serving-deployment.yaml", "zookeeper.yaml", "hpa.yaml",
+                                                         "prometheus-adapter-rules.yaml"}
     major, minor, *_ = (int(x) for x in VERSION.split("."))
     assert (major, minor) >= (1, 33)
 
