@@ -1,4 +1,10 @@
-"""The gRPC model server: ``weiserving.v1.Inference`` + ``grpc.health.v1.Health``.
+"""The gRPC model server: ``weiserving.v1.Inference``, OIP and ``grpc.health.v1.Health``.
+
+One gRPC port serves ``weiserving.v1.Inference`` (msgpack) and the Open
+Inference Protocol's ``inference.GRPCInferenceService``
+(:mod:`serving.oip_grpc`); the HTTP status port also serves OIP REST
+``/v2`` (:mod:`serving.oip_rest`). Every inference call, whichever protocol,
+runs through :meth:`serving.inference.Inference.execute`.
 
 Lifecycle (staged, idempotent, observable through :attr:`ModelServer.phase`):
 ``start`` loads and warms every model, then binds and reports SERVING;
@@ -6,7 +12,7 @@ Lifecycle (staged, idempotent, observable through :attr:`ModelServer.phase`):
 for in-flight calls up to the grace period; ``stop`` cancels what is left,
 stops the status endpoint and unloads the models.
 
-Health: service ``""`` and ``weiserving.v1.Inference`` are SERVING while the
+Health: service ``""``, ``weiserving.v1.Inference`` and ``inference.GRPCInferenceService`` are SERVING while the
 server is ready (started, not draining, at least one model loaded); each
 model name is SERVING while it has a loaded version.
 """
@@ -21,13 +27,15 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from protocol import wire
+from protocol import oip, wire
 from protocol.status import StatusDoc
 from serving.config import ServerConfig
 from serving.errors import InvalidInput, ModelNotFound, ServingError
 from serving.http import StatusHttp
 from serving.inference import Call, Inference, InFlight, abort, call_options, finish
 from serving.metrics import ServerMetrics
+from serving.oip_grpc import OipGrpc
+from serving.oip_rest import OipRest
 from serving.reports import build_status
 from serving.repository import LoadedModels, ModelManager
 
@@ -104,6 +112,8 @@ class ModelServer:
         self._in_flight = InFlight()
         self.metrics = ServerMetrics(lambda: self.manager.snapshot, lambda: self._in_flight.count)
         self.service = InferenceService(self.manager, config, self.metrics, self._in_flight)
+        self.oip_grpc = OipGrpc(self.service, lambda: self.ready)
+        self.oip_rest = OipRest(self.service, lambda: self.ready)
         self._grpc: grpc.Server | None = None
         self._status: StatusHttp | None = None
         self._lock = threading.Lock()
@@ -134,7 +144,7 @@ class ModelServer:
 
     def _set_overall(self) -> None:
         status = SERVING if self.ready else NOT_SERVING
-        for name in ("", wire.SERVICE):
+        for name in ("", wire.SERVICE, oip.SERVICE):
             self.health.set(name, status)
 
     def start(self) -> ModelServer:
@@ -149,14 +159,15 @@ class ModelServer:
                     ("grpc.so_reuseport", 0)]
             self._grpc = grpc.server(futures.ThreadPoolExecutor(
                 self.config.grpc_workers, thread_name_prefix="grpc"), options=opts)
-            self._grpc.add_generic_rpc_handlers((self.service.handler(),))
+            self._grpc.add_generic_rpc_handlers((self.service.handler(), self.oip_grpc.handler()))
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
             self.port = self._grpc.add_insecure_port(f"{self.config.host}:{self.config.port}")
             self._grpc.start()
             if self.config.status_port is not None:
                 self._status = StatusHttp(self.config.status_host, self.config.status_port,
                                           status=self.status, ready=lambda: self.ready,
-                                          metrics=self.metrics.exposition)
+                                          metrics=self.metrics.exposition, v2=self.oip_rest.handle,
+                                          max_body_bytes=self.config.max_message_bytes)
                 self.status_port = self._status.port
             self.manager.start()
             self.phase = "serving"
