@@ -71,7 +71,8 @@ from examples.emulated import FEATURES, UNIT_S, set_speed, write_model  # noqa: 
 from protocol import wire  # noqa: E402
 from registry.publisher import Publisher  # noqa: E402
 from registry.records import InstanceRecord, State  # noqa: E402
-from registry.testing import ZooKeeperEnsemble, die_with_parent, free_ports  # noqa: E402
+from registry.testing import ZooKeeperEnsemble, free_ports  # noqa: E402
+from registry.testing.process import die_with_parent_prefix  # noqa: E402
 from registry.zk import ZkSettings, connect  # noqa: E402
 from weiclient import ClientConfig, WeiClient  # noqa: E402
 from weiclient.balancer import POLICIES  # noqa: E402
@@ -93,11 +94,12 @@ class Pod:
     def start(self) -> None:
         self.port, self.status_port = free_ports(2)
         self.server = subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "--models", str(self.models), "--host", "127.0.0.1",
+            [*die_with_parent_prefix(), sys.executable, "-m", "serving.cli", "--models", str(self.models),
+             "--host", "127.0.0.1",
              "--port", str(self.port), "--status-port", str(self.status_port), "--num-batch-threads", "1",
              "--max-batch-size", "512", "--batch-timeout-micros", "500", "--log-level", "warning",
              *self.extra_args],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def requests(self) -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/status", timeout=5) as r:
@@ -105,14 +107,14 @@ class Pod:
 
     def start_agent(self, zk: str, service: str) -> None:
         self.agent = subprocess.Popen(
-            [sys.executable, "-m", "server_agent.cli", "run", "--zk", zk, "--service", service,
+            [*die_with_parent_prefix(), sys.executable, "-m", "server_agent.cli", "run", "--zk", zk,
+             "--service", service,
              "--target", f"127.0.0.1:{self.port}", "--status-url", f"http://127.0.0.1:{self.status_port}",
              "--http-port", "0", "--http-host", "127.0.0.1", "--instance-id", self.name, "--cpu-cores", "2",
              "--ramp-s", "2", "--latency-target-ms", "1000", "--startup-period-s", "0.5",
              "--readiness-period-s", "0.5", "--status-poll-s", "1",
              "--drain-wait-s", "0.5", "--log-level", "warning"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=(self.models / "agent.log").open("w"),
-            preexec_fn=die_with_parent)
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=(self.models / "agent.log").open("w"))
 
     def stop(self) -> None:
         for proc in (self.agent, self.server):
@@ -329,8 +331,8 @@ backend pods
     balance leastconn
 {servers}
 """)
-    proc = subprocess.Popen(["haproxy", "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=die_with_parent)
+    proc = subprocess.Popen([*die_with_parent_prefix(), "haproxy", "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=10)
     return proc, port
 

@@ -35,7 +35,8 @@ from rich.table import Table  # noqa: E402
 from protocol import wire  # noqa: E402
 from registry.publisher import Publisher  # noqa: E402
 from registry.records import InstanceRecord, State  # noqa: E402
-from registry.testing import ZooKeeperEnsemble, die_with_parent, free_ports  # noqa: E402
+from registry.testing import ZooKeeperEnsemble, free_ports  # noqa: E402
+from registry.testing.process import die_with_parent_prefix  # noqa: E402
 from registry.zk import ZkSettings, connect  # noqa: E402
 from weiclient import ClientConfig, WeiClient  # noqa: E402
 
@@ -72,9 +73,10 @@ def main() -> int:
     # Python would compete with the server's threads for the GIL). No batching: one
     # request is one model call, so only the client differs between the variants.
     port = free_ports(1)[0]
-    server = subprocess.Popen([sys.executable, "-m", "serving.cli", "--models", str(models), "--host", "127.0.0.1",
+    server = subprocess.Popen([*die_with_parent_prefix(), sys.executable, "-m", "serving.cli", "--models", str(models),
+                               "--host", "127.0.0.1",
                                "--port", str(port), "--status-port", "-1", "--no-batching", "--log-level", "warning"],
-                              cwd=Path(__file__).resolve().parent.parent, preexec_fn=die_with_parent)
+                              cwd=Path(__file__).resolve().parent.parent)
     try:
         grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=60)
         rows = measure(port, args.calls, console, real_model)

@@ -53,7 +53,8 @@ from examples.emulated import set_speed, write_accelerated  # noqa: E402
 from registry.publisher import Publisher  # noqa: E402
 from registry.records import InstanceRecord, State  # noqa: E402
 from registry.service_config import ConfigStore  # noqa: E402
-from registry.testing import ZooKeeperEnsemble, die_with_parent, free_ports  # noqa: E402
+from registry.testing import ZooKeeperEnsemble, free_ports  # noqa: E402
+from registry.testing.process import die_with_parent_prefix  # noqa: E402
 from registry.zk import ZkSettings, connect  # noqa: E402
 from weiclient import ClientConfig, WeiClient  # noqa: E402
 from weiclient.errors import WeiClientError  # noqa: E402
@@ -168,18 +169,20 @@ class Pod:
         self.models = models
         self.port, self.status_port, self.agent_port = free_ports(3)
         self.server = subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "--models", str(models), "--host", "127.0.0.1", "--port",
+            [*die_with_parent_prefix(), sys.executable, "-m", "serving.cli", "--models", str(models),
+             "--host", "127.0.0.1", "--port",
              str(self.port), "--status-port", str(self.status_port), "--version-policy", "all",
              "--log-level", "warning"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.agent = subprocess.Popen(
-            [sys.executable, "-m", "server_agent.cli", "run", "--zk", zk_hosts, "--service", SERVICE,
+            [*die_with_parent_prefix(), sys.executable, "-m", "server_agent.cli", "run", "--zk", zk_hosts,
+             "--service", SERVICE,
              "--target", f"127.0.0.1:{self.port}", "--status-url", f"http://127.0.0.1:{self.status_port}",
              "--http-port", str(self.agent_port), "--instance-id", f"pod-{index}", "--cpu-cores", "8",
              "--ramp-s", "2" if fast else "8", "--drain-wait-s", "1", "--startup-period-s", "0.5",
              "--readiness-period-s", "0.5", "--status-poll-s", "0.5", "--session-timeout-s", "4",
              "--log-level", "warning"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def stop_gracefully(self) -> None:
         """The preStop order: the agent drains and deregisters, then the server stops."""
