@@ -16,6 +16,14 @@
 ``cost`` is the call's size in rows (at least 1): load is counted in calls
 and in rows (see :mod:`.state`), and a pick may weigh this call's own rows.
 
+Fleet scale: with a :class:`~.subset.Subsetter` the vector holds the
+client's subset only (plus a fallback for versions no subset member hosts,
+see :class:`~.candidates.Candidates`); :meth:`Balancer.resize` changes its
+size. With a :class:`~.zones.Locality` each pick first draws a zone from the
+plan made at ``update`` and lets the policy pick within that zone's part of
+the view, falling back to the whole view when that part has nothing left
+to offer (all ejected or excluded): one step before every policy's own.
+
 An overload refusal is a load signal, not a failure: ``on_finish(...,
 ok=None, refused_for_s=t)`` leaves the outlier record alone and marks the
 endpoint refusing for ``t``. Until then every pick, whatever the policy,
@@ -39,12 +47,10 @@ from __future__ import annotations
 import math
 import random
 import threading
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from types import MappingProxyType
+from collections.abc import Collection, Mapping, Sequence
 
 from registry.membership import MembershipSnapshot
-from registry.records import State
+from registry.records import InstanceRecord, State
 
 from ..errors import NoEndpointAvailable, Unavailable
 from .candidates import Candidates, Endpoint, ModelVersion, View, WeightTable, clamp_weight
@@ -53,48 +59,24 @@ from .sampling import sample_distinct
 from .scatter import Shard, plan_shards
 from .selectors import Selector
 from .state import NEVER, EndpointKey, EndpointState, LoadTotals, coerce_load
+from .stats import BalancerStats, EndpointStats, balancer_stats
+from .subset import Subsetter
 from .weights import Weigher
+from .zones import Locality, narrow, split
 
 __all__ = ["Balancer", "BalancerStats", "EndpointStats"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class EndpointStats:
-    instance_id: str
-    address: str
-    published_weight: float
-    effective_weight: float   # 0 while ejected
-    ramp: float               # slow-start factor
-    health: float
-    in_flight: int
-    in_flight_rows: float
-    latency_ms: float         # peak EWMA; 0 before the first sample
-    queue_depth: float        # from the last load report
-    consecutive_failures: int
-    ejected_for_s: float      # 0 when not ejected
-    times_ejected: int
-    refused_for_s: float = 0.0  # avoided for this long after an overload refusal
-
-
-@dataclass(frozen=True, kw_only=True)
-class BalancerStats:
-    service: str
-    membership_version: int
-    policy: str
-    members: int
-    routable: int
-    ejected: int
-    in_flight: int
-    in_flight_rows: float
-    endpoints: tuple[EndpointStats, ...]
 
 
 class Balancer:
     """Client-side balancing over one service's membership; see the module docstring."""
 
     def __init__(self, policy: Policy | None = None, *, rng: random.Random | None = None,
-                 service: str = "") -> None:
+                 service: str = "", subset: Subsetter | None = None, locality: Locality | None = None) -> None:
         self.policy = policy or Policy()
+        self.subset = subset
+        self.locality = locality
+        self._size = (subset.config.size or subset.config.min_size) if subset is not None else 0
+        self._snapshot: MembershipSnapshot | None = None
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._totals = LoadTotals()
@@ -114,9 +96,11 @@ class Balancer:
         A service config may switch policy at run time: each endpoint's
         in-flight count, latency estimate, ejection and ramp carry over.
         """
-        nxt = Balancer(policy, rng=self._rng, service=self._candidates.service)
+        nxt = Balancer(policy, rng=self._rng, service=self._candidates.service, subset=self.subset,
+                       locality=self.locality)
         with self._lock:
             nxt._candidates = self._candidates
+            nxt._size, nxt._snapshot = self._size, self._snapshot
             nxt._met_members = self._met_members
             nxt._refusals_until = self._refusals_until
             nxt._totals.in_flight = self._totals.in_flight
@@ -140,13 +124,21 @@ class Balancer:
         Weights are clamped to ``[MIN_WEIGHT, MAX_WEIGHT]`` (see :mod:`.candidates`)."""
         with self._lock:
             prev = self._candidates
+            self._snapshot = snapshot
+            chosen = self.subset.choose(snapshot.instances.values(), self._size) if self.subset else None
             was_routable = {ep.key for ep in prev.endpoints}
             ramp = self._met_members
             states: dict[EndpointKey, EndpointState] = {}
-            endpoints = []
+            endpoints, outside = [], []
             for rec in snapshot.instances.values():
                 key = (rec.id, rec.endpoint)
                 st = prev.states.get(key)
+                if chosen is not None and rec.id not in chosen:
+                    if st is not None:
+                        states[key] = st  # a fallback endpoint's load survives, and so does a former member's
+                    if rec.routable:
+                        outside.append(rec)
+                    continue
                 if st is None:
                     st = EndpointState(key, ramp_start=None, registration_ms=rec.registration_time_ms)
                 st.registration_ms = rec.registration_time_ms
@@ -156,12 +148,33 @@ class Balancer:
                     st.ramp_start = now  # joined at full weight, new to us or back from draining: ramp it here
                 states[key] = st
                 if rec.routable:
-                    endpoints.append(Endpoint(rec.id, rec.endpoint, clamp_weight(rec.weight), rec, st))
+                    cover = chosen[rec.id] if chosen is not None else 1.0  # < 1 only at an aperture's edges
+                    endpoints.append(Endpoint(rec.id, rec.endpoint, clamp_weight(rec.weight) * cover, rec, st))
             self._met_members = self._met_members or bool(snapshot.instances)
+            plan = self.locality.plan(snapshot.instances.values()) if self.locality is not None else None
             self._candidates = Candidates(snapshot.service, snapshot.version, tuple(endpoints),
-                                          tuple(snapshot.instances.values()), MappingProxyType(states))
+                                          tuple(snapshot.instances.values()), states, tuple(outside), plan)
             self._epoch += 1
             return self._candidates
+
+    @property
+    def subset_size(self) -> int | None:
+        return self._size if self.subset is not None else None
+
+    def resize(self, size: int, now: float) -> bool:
+        """Route over ``size`` members (per zone) from now on; True if the vector changed."""
+        if self.subset is None or size == self._size:
+            return False
+        self._size = size
+        snap = self._snapshot
+        if snap is not None:
+            self.update(snap, now)
+        return True
+
+    def watched(self, records: Mapping[str, InstanceRecord]) -> Collection[str] | None:
+        """The members a watcher keeps data watches on: this client's subset of ``records``
+        (None: all of them, subsetting off). Any thread."""
+        return None if self.subset is None else self.subset.watched(records, self._size)
 
     # -- picking -------------------------------------------------------------------
 
@@ -189,18 +202,57 @@ class Balancer:
         """
         view, table = self._table(model, version, also, now)
         rows = _rows(cost)
+        zone = self._zone(view, now)
+        if zone is not None:
+            ep = self._select(*zone, key, exclude, now, rows)
+            if ep is not None:
+                return ep
+        ep = self._select(view, table, key, exclude, now, rows)
+        if ep is None:
+            ejected = f", {table.ejected} ejected" if table.ejected else ""
+            raise NoEndpointAvailable(model, version, Unavailable.ALL_EXCLUDED,
+                                      f"{len(table.endpoints)} available{ejected}")
+        return ep
+
+    def shares(self, model: str, version: int | None = None, *, also: Sequence[ModelVersion] = (),
+               now: float) -> dict[Endpoint, float]:
+        """Each endpoint's share of this client's calls while every endpoint is idle: its weight in
+        the table a pick draws from, times its zone's probability in the plan (load-aware policies
+        depart from it under load). What ``bench/fleet_sim.py`` sums over 10,000 clients."""
+        view, table = self._table(model, version, also, now)
+        plan = self._candidates.zones
+        parts = [(table, 1.0)]
+        if plan is not None:
+            zoned = [(sub.current(now, self._weigher, self._epoch, self._soft_epoch), p)
+                     for sub, p in split(view, plan)]
+            parts = [(t if t.endpoints else table, p) for t, p in zoned] or parts
+        out: dict[Endpoint, float] = {}
+        for t, p in parts:
+            for ep, w in zip(t.endpoints, t.weights, strict=True):
+                out[ep] = out.get(ep, 0.0) + p * w / t.total
+        return out
+
+    def _zone(self, view: View, now: float) -> tuple[View, WeightTable] | None:
+        """The zone's part of ``view`` this call goes to, with its table; None: the whole view."""
+        plan = self._candidates.zones
+        if plan is None:
+            return None
+        sub = narrow(view, plan, 0.0 if plan.local_only else self._rng.random())
+        if sub is None:
+            return None
+        table = sub.current(now, self._weigher, self._epoch, self._soft_epoch)
+        return (sub, table) if table.endpoints else None
+
+    def _select(self, view: View, table: WeightTable, key: object, exclude: Collection[Endpoint], now: float,
+                rows: float) -> Endpoint | None:
+        """The policy's pick, avoiding endpoints that refused for overload while another is available."""
         if now < self._refusals_until:  # O(1) otherwise: no endpoint refused lately
             avoid = _refusing(table.endpoints, exclude, now)
             if avoid is not None:
                 ep = self._selector.select(view, table, key=key, exclude=avoid, now=now, rng=self._rng, cost=rows)
                 if ep is not None:
                     return ep
-        ep = self._selector.select(view, table, key=key, exclude=exclude, now=now, rng=self._rng, cost=rows)
-        if ep is None:
-            ejected = f", {table.ejected} ejected" if table.ejected else ""
-            raise NoEndpointAvailable(model, version, Unavailable.ALL_EXCLUDED,
-                                      f"{len(table.endpoints)} available{ejected}")
-        return ep
+        return self._selector.select(view, table, key=key, exclude=exclude, now=now, rng=self._rng, cost=rows)
 
     def scatter(self, model: str, version: int | None, n_items: int, *, max_shards: int | None = None,
                 exclude: Collection[Endpoint] = frozenset(), also: Sequence[ModelVersion] = (),
@@ -212,7 +264,10 @@ class Balancer:
         """
         if max_shards is not None and max_shards < 1:
             raise ValueError(f"max_shards: expected >= 1, got {max_shards}")
-        _, table = self._table(model, version, also, now)
+        view, table = self._table(model, version, also, now)
+        zone = self._zone(view, now)
+        if zone is not None and len(zone[1].endpoints) >= (max_shards or len(table.endpoints)):
+            table = zone[1]  # the local zone alone, when it has room for the shards
         k = len(table.endpoints) if max_shards is None else min(max_shards, len(table.endpoints))
         avoid = _refusing(table.endpoints, exclude, now) if now < self._refusals_until else None
         chosen = sorted(sample_distinct(table, self._rng, k, avoid)) if avoid is not None else []
@@ -286,27 +341,7 @@ class Balancer:
 
     def stats(self, now: float) -> BalancerStats:
         """Membership, effective weights, load and ejection, as of ``now``."""
-        cands = self._candidates
-        load, weigher = self.policy.load, self._weigher
-        rows = []
-        for ep in cands.endpoints:
-            st = ep.state
-            ejected = st.is_ejected(now)
-            rep = st.report
-            rows.append(EndpointStats(
-                instance_id=ep.instance_id, address=ep.address, published_weight=ep.weight,
-                effective_weight=0.0 if ejected else weigher.effective(ep.weight, st, now),
-                ramp=weigher.ramp(st, now), health=self.policy.outlier.health(st, now),
-                in_flight=st.in_flight, in_flight_rows=st.in_flight_rows, latency_ms=load.latency(st, now) * 1000.0,
-                queue_depth=rep.queue_depth if rep is not None else 0.0,
-                consecutive_failures=self.policy.outlier.failures(st, now),
-                ejected_for_s=max(0.0, st.ejected_until - now) if ejected else 0.0,
-                times_ejected=st.times_ejected, refused_for_s=max(0.0, st.refused_until - now)))
-        return BalancerStats(
-            service=cands.service, membership_version=cands.version, policy=self.policy.name,
-            members=len(cands.records), routable=len(cands.endpoints),
-            ejected=sum(1 for r in rows if r.ejected_for_s > 0), in_flight=self._totals.in_flight,
-            in_flight_rows=self._totals.in_flight_rows, endpoints=tuple(rows))
+        return balancer_stats(self._candidates, self.policy, self._weigher, self._totals, self.subset_size, now)
 
     def __repr__(self) -> str:
         c = self._candidates

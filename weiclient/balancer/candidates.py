@@ -176,17 +176,28 @@ class View:
 
 
 class Candidates:
-    """All members of one snapshot: routable endpoints, records, and the carried states."""
+    """All members of one snapshot: routable endpoints, records, and the carried states.
 
-    __slots__ = ("service", "version", "endpoints", "records", "states", "_views")
+    With subsetting (:mod:`.subset`) ``endpoints`` are the routable members of
+    the client's subset and ``outside`` the routable records beyond it: a
+    (model, version) that no subset endpoint hosts is routed over every
+    routable member hosting it instead (a canary on two pods of a thousand),
+    their states made on first use and carried from then on. ``zones`` is the
+    client's zone plan (:mod:`.zones`), None when zones are ignored.
+    """
+
+    __slots__ = ("service", "version", "endpoints", "records", "states", "outside", "zones", "_views")
 
     def __init__(self, service: str, version: int, endpoints: tuple[Endpoint, ...],
-                 records: tuple[InstanceRecord, ...], states: Mapping[EndpointKey, EndpointState]) -> None:
+                 records: tuple[InstanceRecord, ...], states: Mapping[EndpointKey, EndpointState],
+                 outside: tuple[InstanceRecord, ...] = (), zones: Any = None) -> None:
         self.service = service
         self.version = version
         self.endpoints = endpoints  # routable, in snapshot (id) order
         self.records = records      # every member, routable or not (for diagnostics)
-        self.states = states        # every member's state, carried into the next vector
+        self.states = states        # every member's state met so far, carried into the next vector
+        self.outside = outside      # routable members outside the subset (fallback)
+        self.zones = zones          # a ZonePlan or None
         # keyed by (model, version), or by ((model, version), *also) when more are needed
         self._views: dict[tuple[Any, ...], View] = {}
 
@@ -215,6 +226,8 @@ class Candidates:
             return all(r.hosts_model(m, v) for m, v in wanted)
 
         eps = tuple(ep for ep in self.endpoints if hosts_all(ep.record))
+        if not eps and self.outside:
+            eps = tuple(self._endpoint(r) for r in self.outside if hosts_all(r))
         if eps:
             return View(model, version, eps, None, "", also)
         if not self.records:
@@ -228,6 +241,18 @@ class Candidates:
         states = ", ".join(f"{r.id} {_not_routable_why(r)}" for r in hosting[:5])
         more = f" (+{len(hosting) - 5})" if len(hosting) > 5 else ""
         return View(model, version, (), Unavailable.ALL_DRAINING, states + more, also)
+
+    def _endpoint(self, r: InstanceRecord) -> Endpoint:
+        """A member outside the subset as an endpoint; its state is made once (``setdefault`` is
+        atomic, so two racing picks share one) and carried like any other."""
+        key = (r.id, r.endpoint)
+        st = self.states.get(key)
+        if st is None and isinstance(self.states, dict):
+            st = self.states.setdefault(key, EndpointState(key, ramp_start=None,
+                                                           registration_ms=r.registration_time_ms))
+        if st is None:
+            st = EndpointState(key, ramp_start=None, registration_ms=r.registration_time_ms)
+        return Endpoint(r.id, r.endpoint, clamp_weight(r.weight), r, st)
 
     def __len__(self) -> int:
         return len(self.endpoints)

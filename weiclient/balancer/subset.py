@@ -1,0 +1,268 @@
+"""Subsetting: each client routes over a few pods of a large fleet, not over all of them.
+
+At 1,000 pods x 10,000 clients a client that may pick any pod ends up with a
+channel to every pod it ever picked (a pod holds 10,000 connections) and a
+ZooKeeper data watch on every member (10 million watches, and every weight
+write wakes 10,000 clients). A subset bounds both by ``k``, the subset size.
+
+**The choice: rendezvous (HRW) hashing, unweighted, top k** (gRPC A68's
+random subsetting). Each member gets the score ``mix64(h(client) ^ h(id))``
+and a client keeps the ``k`` best. Measured against Finagle's aperture (a
+ring of equal slots in hash order, each client a window of ``k`` slots from
+its own offset, edge pods weighted by the part of them it covers) in
+``bench/fleet_sim.py``, 1,000 pods x 10,000 clients, capacities 1:2:4:8,
+k = 32 (figures in the README's "Operating at fleet scale"):
+
+- evenness is the same for both when client offsets are random (a client
+  has no coordinate among 10,000 others, since they belong to many ranking
+  services): connections per pod max/mean 1.18 (rendezvous) and 1.17
+  (aperture); load / capacity max/mean 1.19 and 1.18 with weight-proportional
+  routing inside the subsets. Only aperture with evenly spread offsets
+  (Finagle's deterministic aperture, which needs every client's index and
+  the client count) is near exact: 1.00 and 1.01;
+- churn decides it: when one pod joins or leaves, rendezvous changes the
+  subset of the clients that ranked it (k / n: 3.2 %, one pod each), while
+  the aperture ring shifts every window after the pod by one slot and
+  changes most clients' edge pods (about 90 %), each a new connection and a
+  new data watch.
+
+**Weights act inside the subset, not on membership.** A pod of weight ``w``
+is in as many subsets as any other and takes a share ``w / W(subset)`` of
+each client's load, so across all subsets it carries load in proportion to
+``w`` (a 4x pod 4x the load: the sim's load / capacity per capacity class is
+within a few percent of equal) while its connections stay near the mean. The
+alternative, membership in proportion to weight (weighted HRW), must then
+route *uniformly* inside the subset to avoid counting the weight twice (load
+grows as ``w^2`` otherwise), and gives a 8x pod 8x the connections: with
+GPU pods among CPU pods a pod would hold many times the mean, against the
+3x goal. And every policy here reads true weights (capacities, delays).
+
+**Zones.** With zone affinity on (:mod:`.zones`) the subset is chosen per
+zone: the best ``k`` of each zone, so a client has ``k`` local pods to route
+over normally and ``k`` in each other zone for spill-over. A single top-k
+over the fleet would leave about ``k / 3`` local pods: three times fewer
+clients per pod in steady state, hence a less even load.
+
+Only routable members (enabled, not draining, weight > 0) are eligible, so
+a subset always has ``k`` live pods: a draining pod is replaced by the next
+in rank while it drains (``k / n`` of the clients each move one pod). A
+fleet of at most ``k`` eligible members per group is routed over whole:
+subsetting changes nothing for a small fleet.
+
+**Size** (:func:`subset_size`): ``max(min_size, ceil(headroom x peak /
+pod_capacity))``, ``peak`` being this client's highest rows/s over the last
+``peak_window_s`` and ``pod_capacity`` the mean ``capacity.samples_per_s``
+the pods' agents measured (no load term when none did: hand-set weights are
+not rows/s). It grows at once and shrinks only below half (:func:`next_size`):
+a subset that changes with every traffic wobble would churn connections.
+
+Nothing here reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from hashlib import blake2b
+from heapq import nlargest
+
+from registry.records import InstanceRecord
+
+from ..errors import InvalidBalancerConfig
+from . import _check
+
+__all__ = ["METHODS", "RateMeter", "SubsetConfig", "Subsetter", "aperture", "id_hash", "next_size",
+           "pod_capacity", "rendezvous", "subset_size"]
+
+METHODS = ("rendezvous", "aperture")
+_MASK = (1 << 64) - 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubsetConfig:
+    """How a client chooses the pods it routes over (see the module docstring).
+
+    ``enabled`` (true): a fleet of at most ``min_size`` pods (per zone, with
+    zone affinity) is routed over whole, so this is a no-op for small fleets.
+    ``min_size`` (32): at 10 clients per pod (1,000 pods x 10,000 clients)
+    a pod is in ~320 subsets, which the sim needs for load / capacity within
+    1.15 of the mean; 16 gave 1.27 (a pod's share of clients varies as
+    ``1 / sqrt(clients per pod)``). Size it from ``clients x k / pods``: see
+    the README's "Operating at fleet scale". ``size``: a fixed size instead
+    (None: from this client's load, never below ``min_size``). ``headroom``
+    (2.0): a client's peak rows/s fits in its subset at half of the mean pod's
+    capacity, so one client's burst never needs more than its subset.
+    ``peak_window_s`` (60 s): the peak is the busiest second of the last
+    minute: long enough to hold the subset through a traffic dip, short enough
+    to follow a daily ramp. ``method``: ``rendezvous`` or ``aperture``
+    (random offsets; kept for ``bench/fleet_sim.py``'s comparison).
+    ``client_id``: the client's identity for the hash (None: a random one per
+    client; set it to keep one subset across restarts).
+    """
+
+    enabled: bool = True
+    min_size: int = 32
+    size: int | None = None
+    pod_share: float = 0.01
+    peak_window_s: float = 60.0
+    method: str = "rendezvous"
+    client_id: str | None = None
+
+    def __post_init__(self) -> None:
+        _check.flag("subset.enabled", self.enabled)
+        _check.integer("subset.min_size", self.min_size, low=1, high=100_000)
+        if self.size is not None:
+            _check.integer("subset.size", self.size, low=1, high=100_000)
+        _check.number("subset.pod_share", self.pod_share, low=0.0, high=1.0, low_open=True)
+        _check.number("subset.peak_window_s", self.peak_window_s, low=1.0, high=86_400.0)
+        if self.method not in METHODS:
+            raise InvalidBalancerConfig("subset.method", "one of " + ", ".join(METHODS), self.method)
+        if self.client_id is not None and (not isinstance(self.client_id, str) or not self.client_id):
+            raise InvalidBalancerConfig("subset.client_id", "a non-empty string or None", self.client_id)
+
+
+# -- hashing ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1 << 16)
+def id_hash(name: str) -> int:
+    """A stable 64-bit hash of an id (an instance's or a client's); cached: ids recur on every update."""
+    return int.from_bytes(blake2b(name.encode(), digest_size=8).digest(), "little")
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finalizer: a bijection on 64 bits, so distinct inputs never tie."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+def rendezvous(client: int, ids: Iterable[str], k: int) -> list[str]:
+    """The ``k`` ids of highest score for ``client`` (a 64-bit hash), best first."""
+    return nlargest(k, ids, key=lambda i: _mix(client ^ id_hash(i)))
+
+
+def aperture(offset: float, ids: Sequence[str], k: int) -> dict[str, float]:
+    """Finagle's aperture on a ring of ``ids`` in hash order, one slot each: the window
+    ``[offset, offset + k/n)`` (mod 1), as ``{id: part of its slot covered}`` (edge slots partly)."""
+    n = len(ids)
+    ring = sorted(ids, key=id_hash)
+    if k >= n:
+        return dict.fromkeys(ring, 1.0)
+    start = (offset % 1.0) * n  # in slots
+    end = start + k
+    out: dict[str, float] = {}
+    j = math.floor(start)
+    while j < end:
+        cover = min(j + 1.0, end) - max(float(j), start)
+        if cover > 1e-12:
+            rid = ring[j % n]
+            out[rid] = min(1.0, out.get(rid, 0.0) + cover)
+        j += 1
+    return out
+
+
+# -- size ------------------------------------------------------------------------------------
+
+
+def pod_capacity(records: Iterable[InstanceRecord]) -> float | None:
+    """Mean rows/s the agents measured (``capacity.samples_per_s``), or None when none did."""
+    caps = [r.capacity.samples_per_s for r in records if r.capacity.samples_per_s]
+    return math.fsum(caps) / len(caps) if caps else None
+
+
+def subset_size(config: SubsetConfig, peak_rows_per_s: float, capacity: float | None) -> int:
+    """The size wanted now: ``config.size``, else the load term, never below ``min_size``."""
+    if config.size is not None:
+        return config.size
+    if not capacity or not peak_rows_per_s > 0.0 or not math.isfinite(peak_rows_per_s):
+        return config.min_size
+    return max(config.min_size, min(100_000, math.ceil(peak_rows_per_s / (config.pod_share * capacity))))
+
+
+def next_size(current: int, wanted: int) -> int:
+    """Hysteresis: grow at once, shrink only when ``wanted`` is under half of ``current``."""
+    if wanted > current or 2 * wanted < current:
+        return wanted
+    return current
+
+
+class RateMeter:
+    """Rows per second in one-second buckets; :meth:`peak` is the busiest second in the window.
+
+    ``add`` runs on every call without a lock: two racing adds may lose one
+    call's rows, which a subset size (a peak with 2x headroom) does not feel.
+    """
+
+    __slots__ = ("_counts", "_seconds")
+
+    def __init__(self, window_s: float) -> None:
+        n = max(1, math.ceil(window_s))
+        self._counts = [0.0] * n
+        self._seconds = [-1] * n
+
+    def add(self, rows: float, now: float) -> None:
+        s = int(now)
+        i = s % len(self._counts)
+        if self._seconds[i] != s:
+            self._seconds[i] = s
+            self._counts[i] = 0.0
+        self._counts[i] += rows
+
+    def peak(self, now: float) -> float:
+        s, n = int(now), len(self._counts)
+        return max((c for c, t in zip(self._counts, self._seconds, strict=True) if s - n < t <= s), default=0.0)
+
+
+def _self_share(weight: float, total: float) -> float:
+    """Undo a subset's bias against its big members: a pod of weight ``w`` shares each subset
+    it is in with ``k - 1`` others, so that subset weighs ``w + (k-1) mean`` and the pod's share
+    ``w / (w + (k-1) mean)`` is less than in proportion to ``w`` (8 % less for an 8x pod among
+    1-2-4-8 pods at k = 32; 10 % for a 4x pod at k = 16). Weighing it ``T / (T - w)`` more, ``T``
+    the subset's expected total ``k x mean``, restores the proportion to first order (capped at
+    2x for a pod as large as a subset)."""
+    return total / max(total - weight, total / 2.0) if total > 0.0 else 1.0
+
+
+# -- choosing --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Subsetter:
+    """One client's subset rule: ``config``, the client's identity, and its zone (None: zones
+    ignored, one top-k over the fleet; a zone: the top k of every zone, see the module docstring).
+    ``offset``: the aperture's start in [0, 1) when the client knows its coordinate among all
+    clients (``index / count``: Finagle's deterministic aperture); None: from the identity's hash."""
+
+    config: SubsetConfig
+    client_id: str
+    zone: str | None = None
+    offset: float | None = None
+
+    def choose(self, records: Iterable[InstanceRecord], size: int) -> dict[str, float]:
+        """``{instance id: weight factor}`` of the members to route over. Only routable members
+        are eligible; a group of at most ``size`` eligible members is kept whole (factors 1).
+        The factor is the part of its slot an aperture covers, times :func:`_self_share`."""
+        groups: dict[str, dict[str, float]] = {}
+        for r in records:
+            if r.routable:
+                groups.setdefault(r.zone if self.zone is not None else "", {})[r.id] = r.weight
+        chosen: dict[str, float] = {}
+        for weights in groups.values():
+            if len(weights) <= size:
+                chosen.update(dict.fromkeys(weights, 1.0))
+                continue
+            if self.config.method == "aperture":
+                offset = self.offset if self.offset is not None else id_hash(self.client_id) / 2.0**64
+                part = aperture(offset, list(weights), size)
+            else:
+                part = dict.fromkeys(rendezvous(id_hash(self.client_id), weights, size), 1.0)
+            total = size * math.fsum(weights.values()) / len(weights)
+            chosen.update({i: f * _self_share(weights[i], total) for i, f in part.items()})
+        return chosen
+
+    def watched(self, records: Mapping[str, InstanceRecord], size: int) -> frozenset[str]:
+        """The ids a membership watcher keeps data watches on: the subset of ``records``."""
+        return frozenset(self.choose(records.values(), size))
