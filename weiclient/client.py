@@ -33,7 +33,7 @@ from registry.zk import connect
 
 from . import inputs as args
 from .attempts import Plan
-from .balancer import Balancer, BalancerStats, build_policy, key_hash, policy_from_spec
+from .balancer import BalancerStats, build_policy, key_hash, policy_from_spec
 from .config import ClientConfig, registry_settings
 from .errors import (
     ClientClosed,
@@ -46,6 +46,7 @@ from .errors import (
     Unavailable,
     WeiClientError,
 )
+from .fleet import Fleet
 from .inputs import Outputs
 from .metrics import ClientMetrics, NullMetrics
 from .transport import Transport
@@ -96,7 +97,8 @@ class WeiClient:
         self._closed = False
         self._lock = threading.Lock()
         self._fixed_policy = fixed is not None
-        self._balancer = Balancer(fixed, rng=self._rng, service=service)
+        self._fleet = Fleet(cfg, self._rng)  # subsetting and zone affinity
+        self._balancer = self._fleet.balancer(fixed, rng=self._rng, service=service)
         self._policy_spec: Any = None
         self._service_config = ServiceConfig()
         self._scatter_pool: ThreadPoolExecutor | None = None
@@ -111,7 +113,8 @@ class WeiClient:
             opened.callback(self._zk.close)
             opened.callback(self._zk.stop)  # LIFO: stop, then close
             self._watcher = MembershipWatcher(self._zk, service, paths=paths, config=WatcherConfig(
-                protection=cfg.protection, snapshot_file=cfg.snapshot_file))
+                protection=cfg.protection, snapshot_file=cfg.snapshot_file),
+                **self._fleet.watcher_options(lambda: self._balancer))  # type: ignore[arg-type]
             self._config_watcher = ConfigWatcher(self._zk, service, paths=paths)
             self._watcher.subscribe(self._on_membership)
             self._config_watcher.subscribe(self._on_config)
@@ -169,10 +172,14 @@ class WeiClient:
                 log.info("service %s: balancer policy now %s", self.service, policy.name)
 
     def _housekeeping(self) -> None:
-        """Close channels (sync, and asyncio on their loop) whose instance left over ``close_grace_s`` ago."""
+        """Close channels (sync, and asyncio on their loop) whose instance left over ``close_grace_s`` ago;
+        resize the subset when this client's peak load asks for another size."""
         period = min(1.0, self.config.channel.close_grace_s / 2)
         while not self._stop.wait(period):
             try:
+                with self._lock:  # the subset follows this client's peak load
+                    if self._fleet.resize(self._balancer, tuple(self._watcher.snapshot), self._clock()):
+                        self._fleet.refilter(self._watcher)
                 self._transport.reap()
             except Exception:  # the thread must outlive one bad reap
                 log.exception("service %s: reaping channels failed", self.service)
@@ -306,6 +313,7 @@ class WeiClient:
               deadline: float, key: object, priority: str, first: Any = None) -> Plan:
         payload = args.encode(wire.PredictRequest(model=model, version=version, inputs=arrays, outputs=outputs),
                               self.config.channel.max_message_bytes)
+        self._fleet.record(args.rows(arrays), self._clock())
         return Plan(model=model, version=version, payload=payload, deadline=deadline, key=key, first=first,
                     rows=max(1, args.rows(arrays)), priority=priority)
 
@@ -318,6 +326,7 @@ class WeiClient:
         first, *rest = resolved
         payload = args.encode(wire.PredictRequest(models=resolved, inputs=arrays, outputs=outputs),
                               self.config.channel.max_message_bytes)
+        self._fleet.record(args.rows(arrays), self._clock())
         return Plan(model=first, version=resolved[first], payload=payload, deadline=deadline, key=key,
                     also=tuple((m, resolved[m]) for m in rest), rows=max(1, args.rows(arrays)), priority=priority)
 

@@ -14,12 +14,12 @@ from registry.errors import FieldError
 from registry.membership import Protection
 from registry.zk import RegistryPaths, ZkSettings
 
-from .balancer import RetryBudgetConfig
+from .balancer import RetryBudgetConfig, SubsetConfig, ZoneConfig
 from .errors import InvalidArgument, InvalidBalancerConfig
 from .throttle import ThrottleConfig
 
 __all__ = ["ChannelConfig", "ClientConfig", "HedgingConfig", "OverloadConfig", "RetryConfig", "ScatterConfig",
-           "ThrottleConfig", "registry_settings"]
+           "SubsetConfig", "ThrottleConfig", "ZoneConfig", "registry_settings"]
 
 
 def _positive(owner: str, **values: float) -> None:
@@ -178,6 +178,13 @@ class ClientConfig:
     :mod:`weiclient.metrics`), so any number of clients live in one process.
     ``throttle``: adaptive client-side throttling (:mod:`weiclient.throttle`);
     ``overload``: how a pod's overload refusal is taken.
+
+    Fleet scale: ``subset`` (:class:`~weiclient.balancer.SubsetConfig`, on):
+    route over, watch and connect to a subset of the pods (a no-op up to
+    ``subset.min_size`` pods). ``zone``: the zone this client runs in (None:
+    the ``WEI_ZONE`` environment variable, else unknown and zones ignored);
+    ``zones`` (:class:`~weiclient.balancer.ZoneConfig`): prefer pods in it
+    while it has the capacity for its share, spill over in proportion beyond.
     """
 
     root: str = "/weiserving"
@@ -193,6 +200,9 @@ class ClientConfig:
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
     overload: OverloadConfig = field(default_factory=OverloadConfig)
+    subset: SubsetConfig = field(default_factory=SubsetConfig)
+    zone: str | None = None
+    zones: ZoneConfig = field(default_factory=ZoneConfig)
     protection: Protection = field(default_factory=Protection)
     snapshot_file: Path | None = None
     scatter_threads: int = 16
@@ -203,6 +213,11 @@ class ClientConfig:
                   zk_session_timeout_s=self.zk_session_timeout_s)
         if self.scatter_threads < 1:
             raise InvalidBalancerConfig("client.scatter_threads", "an integer >= 1", self.scatter_threads)
+        if self.zone is not None and (not isinstance(self.zone, str) or not self.zone.strip()):
+            raise InvalidBalancerConfig("client.zone", "a zone name or None (then WEI_ZONE)", self.zone)
+        for name, cls in (("subset", SubsetConfig), ("zones", ZoneConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise InvalidBalancerConfig(f"client.{name}", f"a {cls.__name__}", getattr(self, name))
 
 
 def registry_settings(zk: object, service: object, root: str | None,
