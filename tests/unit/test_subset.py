@@ -105,8 +105,8 @@ def test_aperture_covers_k_slots_with_partial_edges():
 
 @pytest.mark.parametrize("config, peak, capacity, size", [
     (SubsetConfig(min_size=32), 0.0, 5000.0, 32),           # idle: the minimum
-    (SubsetConfig(min_size=32), 500.0, 5000.0, 32),         # 500 / (1 % of 5,000) = 10: the minimum
-    (SubsetConfig(min_size=32), 5000.0, 5000.0, 100),       # a whale: its peak at 1 % of each pod
+    (SubsetConfig(min_size=32), 100.0, 5000.0, 32),         # 100 / (0.2 % of 5,000) = 10: the minimum
+    (SubsetConfig(min_size=32), 5000.0, 5000.0, 500),       # a whale: its peak at 0.2 % of each pod
     (SubsetConfig(min_size=32, pod_share=0.1), 5000.0, 5000.0, 32),
     (SubsetConfig(min_size=32), 5000.0, None, 32),          # no measured capacity: no load term
     (SubsetConfig(min_size=32, size=8), 1e9, 5000.0, 8),    # a fixed size wins

@@ -49,8 +49,8 @@ in rank while it drains (``k / n`` of the clients each move one pod). A
 fleet of at most ``k`` eligible members per group is routed over whole:
 subsetting changes nothing for a small fleet.
 
-**Size** (:func:`subset_size`): ``max(min_size, ceil(headroom x peak /
-pod_capacity))``, ``peak`` being this client's highest rows/s over the last
+**Size** (:func:`subset_size`): ``max(min_size, ceil(peak / (pod_share x
+pod_capacity)))``, ``peak`` being this client's highest rows/s over the last
 ``peak_window_s`` and ``pod_capacity`` the mean ``capacity.samples_per_s``
 the pods' agents measured (no load term when none did: hand-set weights are
 not rows/s). It grows at once and shrinks only below half (:func:`next_size`):
@@ -86,18 +86,22 @@ class SubsetConfig:
 
     ``enabled`` (true): a fleet of at most ``min_size`` pods (per zone, with
     zone affinity) is routed over whole, so this is a no-op for small fleets.
-    ``min_size`` (32): at 10 clients per pod (1,000 pods x 10,000 clients)
-    a pod is in ~320 subsets, which the sim needs for load / capacity within
-    1.15 of the mean; 16 gave 1.27 (a pod's share of clients varies as
-    ``1 / sqrt(clients per pod)``). Size it from ``clients x k / pods``: see
-    the README's "Operating at fleet scale". ``size``: a fixed size instead
-    (None: from this client's load, never below ``min_size``). ``headroom``
-    (2.0): a client's peak rows/s fits in its subset at half of the mean pod's
-    capacity, so one client's burst never needs more than its subset.
-    ``peak_window_s`` (60 s): the peak is the busiest second of the last
-    minute: long enough to hold the subset through a traffic dip, short enough
-    to follow a daily ramp. ``method``: ``rendezvous`` or ``aperture``
-    (random offsets; kept for ``bench/fleet_sim.py``'s comparison).
+    ``min_size`` (32): what a typical client routes over. A pod's load is a
+    sum over the clients whose subsets hold it, so its spread shrinks as
+    ``1 / sqrt(clients per pod)`` = ``1 / sqrt(clients x k / pods)``: at 10
+    clients per pod, 32 gives each pod ~320 clients. ``pod_share`` (0.002):
+    the load term, the headroom: at its peak a client sends each pod of its
+    subset at most this share of a mean pod's capacity, so ``k >= peak /
+    (pod_share x capacity)``. Callers' loads are skewed (a few ranking
+    services send most rows), and one big caller on 32 pods would make those
+    pods hot: in ``bench/fleet_sim.py`` (lognormal loads, 1,000 pods x 10,000
+    clients) load / capacity max/mean is 1.23 with 1 % and 1.12 with 0.2 %,
+    while the median client keeps 32 pods. ``size``: a fixed size instead
+    (None: from the load, never below ``min_size``). ``peak_window_s`` (60 s):
+    the peak is the busiest second of the last minute: long enough to hold
+    the subset through a dip, short enough to follow a daily ramp.
+    ``method``: ``rendezvous`` or ``aperture`` (random offsets, or the
+    coordinate given to :class:`Subsetter`; kept for the sim's comparison).
     ``client_id``: the client's identity for the hash (None: a random one per
     client; set it to keep one subset across restarts).
     """
@@ -105,7 +109,7 @@ class SubsetConfig:
     enabled: bool = True
     min_size: int = 32
     size: int | None = None
-    pod_share: float = 0.01
+    pod_share: float = 0.002
     peak_window_s: float = 60.0
     method: str = "rendezvous"
     client_id: str | None = None
@@ -193,7 +197,7 @@ class RateMeter:
     """Rows per second in one-second buckets; :meth:`peak` is the busiest second in the window.
 
     ``add`` runs on every call without a lock: two racing adds may lose one
-    call's rows, which a subset size (a peak with 2x headroom) does not feel.
+    call's rows, which a subset size (sized with headroom) does not feel.
     """
 
     __slots__ = ("_counts", "_seconds")
