@@ -43,6 +43,7 @@ def held(repo, client_for):
         lv = server.manager.snapshot["aff"][1]
         for _ in range(100):
             lv.runner.stats.record_batch(10, 1.0, 0.0, 0.01)
+        lv.runner._admission.standing = True  # as after an interval of standing queue (test_srv_admission)
         model = lv.backend._model
         model.gate.clear()
         model.entered.clear()
