@@ -131,3 +131,19 @@ def test_the_agents_slow_start_and_health_scale_a_reported_capacity():
         b.on_finish(ep, 1.0, 0.01, True, ServerLoad(capacity_rows_per_s=2000.0))
     caps = b.selector.capacities(b._table("ctr", None, (), 1.0)[1], 1.0)
     assert caps.weights == pytest.approx((2000.0, 100.0, 2000.0))  # 2,000 x 100 / 2,000; no record figure: 1
+
+
+@pytest.mark.parametrize(("weights", "knobs", "share_low"), [
+    ((1.0, 0.98), {}, 0.35),                        # near-equal: a tie, split about evenly
+    ((1.0, 0.98), {"tie_tolerance": 0.0}, None),    # no tolerance: the 2 % slower pod never wins
+    ((1.0, 0.25), {}, None),                        # really slower (4x): it loses when idle
+])
+def test_an_idle_fleet_splits_near_ties_by_capacity_and_sends_to_the_clearly_faster(weights, knobs, share_low):
+    b = Balancer(build_policy("p2c_jsed", knobs), rng=random.Random(3))
+    b.update(snapshot_from_records("ctr", [rec(0, weights[0], measured=True), rec(1, weights[1], measured=True)],
+                                   version=1), now=0.0)
+    counts = Counter(b.pick("ctr", now=1.0, cost=100).instance_id for _ in range(2000))
+    if share_low is None:
+        assert counts["p1"] == 0
+    else:
+        assert counts["p1"] / 2000 > share_low
