@@ -31,7 +31,16 @@ import threading
 from typing import Any
 
 from .ensemble import ZooKeeperEnsemble
-from .process import EmbeddedZooKeeperError, Member, ZooKeeperSettings, die_with_parent, four_letter_word, free_ports
+from .process import (
+    EmbeddedZooKeeperError,
+    Member,
+    ZooKeeperSettings,
+    die_with_parent,
+    four_letter_word,
+    free_ports,
+    parse_wchc,
+    parse_wchs,
+)
 
 __all__ = [
     "EmbeddedZooKeeperError",
@@ -42,6 +51,8 @@ __all__ = [
     "expire_session",
     "four_letter_word",
     "free_ports",
+    "parse_wchc",
+    "parse_wchs",
     "zookeeper_from_env",
 ]
 

@@ -18,8 +18,11 @@ from .process import (
     EmbeddedZooKeeperError,
     Member,
     ZooKeeperSettings,
+    four_letter_word,
     free_ports,
     java_command,
+    parse_wchc,
+    parse_wchs,
 )
 
 _live: weakref.WeakSet[ZooKeeperEnsemble] = weakref.WeakSet()
@@ -107,6 +110,37 @@ class ZooKeeperEnsemble:
             if m.running and m.mode() in ("leader", "standalone"):
                 return m
         raise EmbeddedZooKeeperError("no member reports itself as leader")
+
+    # -- watches (the four-letter words wchc and wchs; zoo.cfg allows them) ----------
+
+    def watches(self) -> dict[int, set[str]]:
+        """Every data watch the running members hold: session id -> watched paths (``wchc``, merged).
+
+        ZooKeeper 3.8's ``wchc``, ``wchs`` and ``wchp`` list data watches
+        (``getData``, ``exists``) only; child watches (``getChildren``) are
+        counted by :meth:`watch_count` alone. A watch lives on the member its
+        session is connected to. ``wchc`` walks
+        the server's watch tables: fine for tests and benchmarks, not for a
+        production ensemble under load."""
+        merged: dict[int, set[str]] = {}
+        for m in self.members:
+            if m.running:
+                for session, paths in parse_wchc(four_letter_word(m.client_port, "wchc", timeout=10.0)).items():
+                    merged.setdefault(session, set()).update(paths)
+        return merged
+
+    def watch_count(self) -> int:
+        """Data and child watches held by the running members (``mntr``'s ``zk_watch_count``)."""
+        return sum(int(m.mntr().get("zk_watch_count", 0)) for m in self.members if m.running)
+
+    def watch_totals(self) -> tuple[int, int, int]:
+        """(connections, paths, data watches), summed over the running members (``wchs``: data watches only)."""
+        sums = [0, 0, 0]
+        for m in self.members:
+            if m.running:
+                for i, n in enumerate(parse_wchs(four_letter_word(m.client_port, "wchs", timeout=10.0))):
+                    sums[i] += n
+        return sums[0], sums[1], sums[2]
 
     # -- fault injection -----------------------------------------------------
 

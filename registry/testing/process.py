@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import re
 import shutil
 import signal
 import socket
@@ -87,6 +88,27 @@ def four_letter_word(port: int, word: str, *, host: str = "127.0.0.1", timeout: 
                 break
             chunks.append(chunk)
     return b"".join(chunks).decode("utf-8", "replace")
+
+
+def parse_wchc(answer: str) -> dict[int, set[str]]:
+    """``wchc``'s answer (a session id, then its watched paths indented) as session -> paths."""
+    watches: dict[int, set[str]] = {}
+    session: set[str] | None = None
+    for line in answer.splitlines():
+        if line.startswith("0x"):
+            session = watches.setdefault(int(line.strip(), 16), set())
+        elif line.strip().startswith("/") and session is not None:
+            session.add(line.strip())
+    return watches
+
+
+def parse_wchs(answer: str) -> tuple[int, int, int]:
+    """``wchs``'s answer as (connections watching, paths watched, total watches)."""
+    m = re.search(r"(\d+) connections watching (\d+) paths\s+Total watches:\s*(\d+)", answer)
+    if m is None:
+        raise EmbeddedZooKeeperError(f"unexpected wchs answer: {answer!r}")
+    conns, paths, total = (int(g) for g in m.groups())
+    return conns, paths, total
 
 
 def _mode_of(srvr_answer: str) -> str | None:
@@ -178,6 +200,15 @@ class Member:
             return _mode_of(four_letter_word(self.client_port, "srvr"))
         except OSError:
             return None
+
+    def mntr(self) -> dict[str, float]:
+        """The numeric lines of ``mntr`` (``zk_watch_count`` counts data and child watches)."""
+        out: dict[str, float] = {}
+        for line in four_letter_word(self.client_port, "mntr", timeout=10.0).splitlines():
+            key, _, value = line.partition("\t")
+            with contextlib.suppress(ValueError):
+                out[key] = float(value)
+        return out
 
     def log_tail(self, lines: int = 30) -> str:
         """The output's last lines, the signal that ended the process, and where its JVM crash
