@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -35,8 +36,12 @@ ZK_ERRORS = (KazooException, ZookeeperError, OSError)
 
 class WatchLoop(Generic[S]):
     def __init__(self, client: KazooClient, *, name: str, clock: Callable[[], float] = time.time,
-                 retry_delay_s: float = 0.2, max_retry_delay_s: float = 5.0) -> None:
+                 retry_delay_s: float = 0.2, max_retry_delay_s: float = 5.0, resync_jitter_s: float = 0.0,
+                 rng: random.Random | None = None) -> None:
         self._client = client
+        self._rng = rng or random.Random()
+        self._resync_jitter_s = resync_jitter_s
+        self._resync_after: float | None = None  # after a reconnect: no full re-read before this
         self._clock = clock
         self._name = name
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -143,7 +148,8 @@ class WatchLoop(Generic[S]):
             return None
 
     def _timeout(self) -> float | None:
-        deadlines = [d for d in (self._retry_at, self._deadline()) if d is not None]
+        resync = self._resync_after if self._need_resync else None
+        deadlines = [d for d in (self._retry_at, resync, self._deadline()) if d is not None]
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - self._clock())
@@ -151,6 +157,7 @@ class WatchLoop(Generic[S]):
     def _handle(self, batch: list[Any]) -> None:
         states = [i[1] for i in batch if i[0] == "state"]
         events = [i[1] for i in batch if i[0] == "watch"]
+        now = self._clock()
         if states:
             last = states[-1]
             if last in (KazooState.SUSPENDED, KazooState.LOST):
@@ -159,19 +166,27 @@ class WatchLoop(Generic[S]):
                 self._need_resync = True
             if last == KazooState.CONNECTED:
                 self._need_resync = True
+                if self.resyncs and self._resync_jitter_s > 0:  # a reconnect, not the first connection
+                    self._resync_after = now + self._rng.uniform(0.0, self._resync_jitter_s)
         if any(e.type == "NONE" or e.path is None for e in events):
             self._need_resync = True  # kazoo reset the watches (session expired)
             events = [e for e in events if e.path is not None]
-        now = self._clock()
         if self._retry_at is not None and now >= self._retry_at:
             self._retry_at = None
             self._need_resync = True
-        if self._need_resync and self._client.connected:
+        waiting = self._resync_after is not None and now < self._resync_after
+        if self._need_resync and self._client.connected and not waiting:
             self._need_resync = False
+            self._resync_after = None
             if self._guard(self._connected):
                 self.resyncs += 1
-        elif events and self._client.connected:
+        elif events and self._client.connected and not self._need_resync:
             self._guard(lambda: self._events(events))
+        others: dict[str, list[Any]] = {}
+        for kind, item in (i for i in batch if i[0] not in ("state", "watch")):
+            others.setdefault(kind, []).append(item)
+        for kind, items in others.items():
+            self._guard(lambda kind=kind, items=items: self._other(kind, items))
         self._guard(lambda: self._tick(self._clock()))
 
     def _guard(self, fn: Callable[[], None]) -> bool:
@@ -204,6 +219,9 @@ class WatchLoop(Generic[S]):
 
     def _events(self, events: list[WatchedEvent]) -> None:
         """Watch events, in order."""
+
+    def _other(self, kind: str, items: list[Any]) -> None:
+        """Items a subclass put on the queue as ``(kind, item)``, grouped by kind, in order."""
 
     def _tick(self, now: float) -> None:
         """After each batch and at :meth:`_deadline`."""

@@ -13,7 +13,10 @@ How it stays correct with one-shot watches:
 - every child's data is read with a watch, pipelined (``get_async``), and
   re-read when it fires; children are re-listed when the list changes;
 - after every (re)connection everything is read again, so a session expiry
-  (which drops all watches) or a missed event cannot leave it wrong;
+  (which drops all watches) or a missed event cannot leave it wrong; after
+  a reconnect the re-read waits a random fraction of
+  ``WatcherConfig.resync_jitter_s``, so that thousands of clients that
+  reconnect together after a leader election do not re-read together;
 - bad nodes are skipped and counted (``snapshot.rejected``), never raised;
 - while ZooKeeper is unreachable the last good snapshot stays, marked stale;
 - each good snapshot is written atomically to ``snapshot_file``; at start,
@@ -22,14 +25,19 @@ How it stays correct with one-shot watches:
   :class:`~registry.session.SessionMonitor` restarts the client with a fresh
   session (``WatcherConfig.recovery``); meanwhile the last good snapshot
   stays, marked stale, and after the restart everything is read again.
+
+Fleet scale (``watch_filter``): a client that routes over a subset keeps
+data watches on that subset only (plus the children watch). Every other
+member is still in the snapshot: read without a watch when it appears,
+refreshed now and then without one (:class:`~registry.watchset.RefreshConfig`);
+the filter is asked again whenever a member joins, leaves or changes. The
+bookkeeping and its costs are in :mod:`registry.watchset`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,43 +51,65 @@ from kazoo.protocol.states import WatchedEvent
 from ._loop import WatchLoop
 from .errors import RecordError
 from .membership import MembershipReducer, MembershipSnapshot, Observation, Protection, ReducerState
-from .records import InstanceRecord, decode_member, instance_from_json, instance_to_json
+from .records import InstanceRecord, decode_member
 from .session import RecoveryConfig, SessionMonitor, SessionStatus
+from .snapshot_file import load_snapshot_file, write_snapshot_file
+from .watchset import RefreshConfig, WatchBook, WatcherStats, WatchFilter
 from .zk import RegistryPaths
 
-__all__ = ["MembershipWatcher", "WatcherConfig", "load_snapshot_file", "write_snapshot_file"]
+__all__ = ["MembershipWatcher", "WatchFilter", "WatcherConfig", "WatcherStats", "load_snapshot_file",
+           "write_snapshot_file"]
 
 log = logging.getLogger(__name__)
-FILE_FORMAT = "weiserving.membership/1"
 
 
 @dataclass(frozen=True, kw_only=True)
 class WatcherConfig:
     """``recovery``: when the client's session monitor restarts a client that
-    ZooKeeper refuses (see :mod:`registry.session`; None: never)."""
+    ZooKeeper refuses (see :mod:`registry.session`; None: never).
+    ``refresh``: how often members outside the watch filter are read again.
+    ``resync_jitter_s`` (1 s): after a reconnect, the full re-read waits a
+    uniform random part of this. ZooKeeper drops a connection's watches with
+    it and kazoo re-sets none, so every client re-reads what it watches; 1 s
+    spreads 10,000 clients' re-reads over a second (a leader election already
+    took longer) and stays well inside the 2 s a membership change may take."""
 
     protection: Protection = field(default_factory=Protection)
     snapshot_file: Path | None = None
     read_timeout_s: float = 10.0
     recovery: RecoveryConfig | None = field(default_factory=RecoveryConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
+    resync_jitter_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.snapshot_file is not None:
             object.__setattr__(self, "snapshot_file", Path(self.snapshot_file))
+        if self.resync_jitter_s < 0:
+            raise ValueError(f"WatcherConfig.resync_jitter_s: expected seconds >= 0, got {self.resync_jitter_s!r}")
 
 
 class MembershipWatcher(WatchLoop[MembershipSnapshot]):
     def __init__(self, client: KazooClient, service: str, *, paths: RegistryPaths | None = None,
-                 config: WatcherConfig | None = None, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(client, name=f"wei-watcher-{service}", clock=clock)
-        self.service = service
+                 config: WatcherConfig | None = None, clock: Callable[[], float] = time.time,
+                 watch_filter: WatchFilter | None = None, rng: random.Random | None = None) -> None:
+        """``watch_filter(records)``: the ids (of ``records``, every known member) to keep data
+        watches on; None watches every member. It runs on the watcher's thread: keep it pure and quick."""
         self.config = config or WatcherConfig()
+        super().__init__(client, name=f"wei-watcher-{service}", clock=clock,
+                         resync_jitter_s=self.config.resync_jitter_s, rng=rng)
+        self.service = service
+        self._filter = watch_filter
+        self._book = WatchBook(self.config.refresh, rng=self._rng)
+        if watch_filter is not None:
+            self._book.choose(frozenset(), ())  # nothing judged yet: read unknown members without a watch
+        self.stats = WatcherStats()
         self._paths = paths or RegistryPaths()
         self._path = self._paths.service(service)
         self._reducer = MembershipReducer(service, self.config.protection)
         self._state: ReducerState = self._reducer.initial()
         self._members: dict[str, InstanceRecord] = {}
         self._rejected: dict[str, str] = {}
+        self._filtered: dict[str, InstanceRecord] | None = None  # the members the filter last judged
         self._monitor: SessionMonitor | None = None
         self.rejected_total = 0
 
@@ -143,6 +173,17 @@ class MembershipWatcher(WatchLoop[MembershipSnapshot]):
     def staleness(self) -> float:
         return self.snapshot.staleness(self._clock())
 
+    def set_watch_filter(self, watch_filter: WatchFilter | None) -> None:
+        """Use another filter (or the same one again, after what it reads changed); applied on the
+        watcher's thread: newly wanted members are armed, the others are not re-armed once they fire."""
+        self._filter = watch_filter
+        self._queue.put(("refilter", watch_filter))
+
+    @property
+    def watched(self) -> frozenset[str]:
+        """Members that carry a data watch of ours now (a dropped one counts until it fires)."""
+        return frozenset(self._book.armed)
+
     # -- worker hooks ------------------------------------------------------------
 
     def _boot(self) -> None:
@@ -155,10 +196,18 @@ class MembershipWatcher(WatchLoop[MembershipSnapshot]):
             self._publish(self._reducer.initial(snap))
 
     def _connected(self) -> None:
+        self._book.reset()
         children = self._list_children()
-        self._members.clear()
-        self._rejected.clear()
+        if self._filter is None:
+            self._members.clear()
+            self._rejected.clear()
+        else:  # unwatched members keep their records and their refresh times; the rest is read again
+            listed = set(children)
+            for gone in (self._members.keys() | self._rejected.keys()) - listed:
+                self._forget(gone)
+            children = [c for c in children if c not in self._members or self._book.wants(c)]
         self._fetch(children)
+        self._refilter()
         self._reduce("resync")
 
     def _disconnected(self, state: str) -> None:
@@ -172,30 +221,70 @@ class MembershipWatcher(WatchLoop[MembershipSnapshot]):
                 relist = relist or e.type in ("CHILD", "CREATED", "DELETED")
             elif e.path.startswith(self._path + "/"):
                 child = e.path[len(self._path) + 1:]
+                self.stats.data_events += 1
+                self.stats.dropped_fires += self._book.fired(child)
                 if e.type == "DELETED":
                     self._forget(child)
                     refetch.discard(child)
                 else:
                     refetch.add(child)
         if relist:
+            self.stats.child_events += 1
             children = set(self._list_children())
             for gone in (self._members.keys() | self._rejected.keys()) - children:
                 self._forget(gone)
             refetch |= children - self._members.keys() - self._rejected.keys()
         self._fetch(sorted(refetch))
+        self._refilter()
         self._reduce("watch")
 
+    def _other(self, kind: str, items: list[object]) -> None:
+        if kind == "refilter":
+            self._filtered = None  # judge again, now or at the next resync
+            if self._client.connected:
+                self._refilter()
+                self._reduce("watch filter changed")
+
     def _tick(self, now: float) -> None:
+        due = self._book.due(now) if self._refreshing() else []
+        if due:
+            self.stats.refreshes += len(due)
+            self._fetch(due)
+            self._refilter()
+            self._reduce("refresh")
         nxt = self._reducer.tick(self._state, now)
         if nxt is not self._state:
             self._publish(nxt)
 
     def _deadline(self) -> float | None:
-        return self._state.hold_deadline
+        refresh = self._book.next_due() if self._refreshing() else None
+        return min((d for d in (self._state.hold_deadline, refresh) if d is not None), default=None)
+
+    def _refreshing(self) -> bool:
+        """Refresh only while all is well: not while a resync or an error's back-off is pending."""
+        return self._client.connected and not self._need_resync and self._retry_at is None
+
+    # -- the watch filter ----------------------------------------------------------
+
+    def _refilter(self) -> None:
+        """Ask the filter again if a member joined, left or changed; arm what it newly wants."""
+        if self._filter is None:
+            self._book.choose(None, self._members)
+        elif self._filtered is None or self._members != self._filtered:
+            self._filtered = dict(self._members)
+            self.stats.filter_runs += 1
+            try:
+                self._book.choose(self._filter(MappingProxyType(self._filtered)), self._members)
+            except Exception:  # keep the last choice: watching everyone is what the filter is there to avoid
+                log.exception("watcher %s: watch filter failed; keeping the last choice", self.service)
+        arm = self._book.to_arm(self._members)
+        if arm:
+            self._fetch(arm)
 
     # -- ZooKeeper reads ---------------------------------------------------------
 
     def _list_children(self) -> list[str]:
+        self.stats.relists += 1
         try:
             return self._client.get_children(self._path, watch=self._on_watch)
         except NoNodeError:
@@ -205,13 +294,24 @@ class MembershipWatcher(WatchLoop[MembershipSnapshot]):
             return self._client.get_children(self._path, watch=self._on_watch)
 
     def _fetch(self, children: list[str]) -> None:
-        pending = [(c, self._client.get_async(f"{self._path}/{c}", watch=self._on_watch)) for c in children]
-        for child, result in pending:
+        """Read ``children`` pipelined, each with a watch if the book says so."""
+        pending = []
+        for c in children:
+            watched = self._book.watch_on_read(c, known=c in self._members)
+            pending.append((c, watched, self._client.get_async(
+                f"{self._path}/{c}", watch=self._on_watch if watched else None)))
+        now = self._clock()
+        for child, watched, result in pending:
+            if watched:
+                self.stats.watched_reads += 1
+            else:
+                self.stats.unwatched_reads += 1
             try:
                 data, _ = result.get(timeout=self.config.read_timeout_s)
             except NoNodeError:
                 self._forget(child)
                 continue
+            self._book.read(child, watched=watched, now=now)
             try:
                 rec = decode_member(data, service=self.service, node=child)
             except RecordError as e:
@@ -227,6 +327,7 @@ class MembershipWatcher(WatchLoop[MembershipSnapshot]):
     def _forget(self, child: str) -> None:
         self._members.pop(child, None)
         self._rejected.pop(child, None)
+        self._book.forget(child)
 
     # -- publishing ----------------------------------------------------------------
 
@@ -252,62 +353,5 @@ class MembershipWatcher(WatchLoop[MembershipSnapshot]):
 
     def __repr__(self) -> str:
         s = self.snapshot
-        return (f"<MembershipWatcher {self.service} v{s.version} members={len(s)} "
+        return (f"<MembershipWatcher {self.service} v{s.version} members={len(s)} watched={len(self._book.armed)} "
                 f"held={len(s.held)} rejected={len(s.rejected)} stale={s.stale}>")
-
-
-def write_snapshot_file(path: Path, snap: MembershipSnapshot) -> None:
-    """Atomically replace ``path`` with the snapshot (temp file, fsync, rename)."""
-    doc = {
-        "format": FILE_FORMAT,
-        "service": snap.service,
-        "version": snap.version,
-        "synced_at": snap.synced_at,
-        "instances": [instance_to_json(r) for r in snap.instances.values() if r.id not in snap.held],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_snapshot_file(path: Path, service: str, *, now: float) -> MembershipSnapshot | None:
-    """The snapshot saved in ``path``, stale since it was synced; None if absent or unusable."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        log.warning("snapshot file %s unreadable: %s", path, e)
-        return None
-    if not isinstance(doc, dict) or doc.get("format") != FILE_FORMAT or doc.get("service") != service:
-        log.warning("snapshot file %s is not a %s snapshot of %r", path, FILE_FORMAT, service)
-        return None
-    members: dict[str, InstanceRecord] = {}
-    rejected: dict[str, str] = {}
-    for i, obj in enumerate(doc.get("instances") or []):
-        try:
-            rec = instance_from_json(obj)
-            members[rec.id] = rec
-        except RecordError as e:
-            rejected[f"#{i}"] = str(e)
-    synced_at = doc.get("synced_at")
-    synced_at = float(synced_at) if isinstance(synced_at, int | float) else now
-    return MembershipSnapshot(
-        service=service,
-        version=1,
-        instances=MappingProxyType(dict(sorted(members.items()))),
-        rejected=MappingProxyType(rejected),
-        synced_at=synced_at,
-        stale_since=synced_at,
-        source="file",
-        reason=f"loaded {len(members)} members from {path} (ZooKeeper unreachable)",
-    )
-
