@@ -29,6 +29,11 @@ after any session expiry: the publisher writes its node again, the watcher
 reads everything again. If the probe fails too, ZooKeeper is down for
 everyone: the monitor waits and probes again with back-off.
 
+Every wait (``stuck_after_s``, each probe interval) is stretched by a random
+factor in [1, 1 + ``jitter``]: a ZooKeeper that lost its data strands every
+client at the same moment, and without jitter all of them would probe (one
+session each) and restart (a full re-read each) in the same instant.
+
 A client is watched by one monitor however many components use it
 (:meth:`SessionMonitor.acquire` / :meth:`~SessionMonitor.release`); the first
 caller's :class:`RecoveryConfig` applies. A client someone stopped on purpose
@@ -38,6 +43,7 @@ caller's :class:`RecoveryConfig` applies. A client someone stopped on purpose
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -79,12 +85,15 @@ class RecoveryConfig:
     ``stuck_after_s`` up to this while ZooKeeper stays down, so a refused
     client is restarted at most this long after the ensemble answers again; a
     probe of a down ensemble costs one refused connection, one of an
-    answering ensemble a session, opened and closed at once.
+    answering ensemble a session, opened and closed at once. ``jitter`` (0.5):
+    each of those waits is drawn in [w, 1.5 w], so the clients stranded
+    together by one event probe and restart spread over 5 s, not at once.
     """
 
     stuck_after_s: float = 10.0
     probe_timeout_s: float = 5.0
     max_probe_interval_s: float = 15.0
+    jitter: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("stuck_after_s", "probe_timeout_s", "max_probe_interval_s"):
@@ -94,6 +103,8 @@ class RecoveryConfig:
         if self.max_probe_interval_s < self.stuck_after_s:
             raise ValueError("RecoveryConfig.max_probe_interval_s: expected >= stuck_after_s, "
                              f"got {self.max_probe_interval_s!r} < {self.stuck_after_s!r}")
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, int | float) or not 0 <= self.jitter <= 1:
+            raise ValueError(f"RecoveryConfig.jitter: expected a fraction in [0, 1], got {self.jitter!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,7 +132,7 @@ def _connect_string(client: KazooClient) -> str:
 def probe_new_session(client: KazooClient, timeout: float) -> bool:
     """True if the client's ensemble gives a brand-new client a session within ``timeout``."""
     probe = KazooClient(hosts=_connect_string(client), timeout=10.0,
-                        connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=1.0))
+                        connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_jitter=0.5, max_delay=1.0))
     try:
         probe.start(timeout=timeout)  # on a timeout kazoo stops and closes the probe itself
     except KazooTimeoutError:
@@ -140,8 +151,9 @@ class SessionMonitor(WatchLoop[SessionStatus]):
 
     def __init__(self, client: KazooClient, *, config: RecoveryConfig | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 probe: Callable[[KazooClient, float], bool] = probe_new_session) -> None:
-        super().__init__(client, name="wei-zk-session", clock=clock)
+                 probe: Callable[[KazooClient, float], bool] = probe_new_session,
+                 rng: random.Random | None = None) -> None:
+        super().__init__(client, name="wei-zk-session", clock=clock, rng=rng)
         self.config = config or RecoveryConfig()
         self._probe = probe
         self._users = 0
@@ -193,7 +205,7 @@ class SessionMonitor(WatchLoop[SessionStatus]):
 
     def _boot(self) -> None:
         if not self._client.connected:  # acquired while already down: the clock starts now
-            self._next_probe = self._clock() + self.config.stuck_after_s
+            self._next_probe = self._clock() + self._wait(self.config.stuck_after_s)
 
     def _connected(self) -> None:
         fresh = self._status.state is RegistryState.RECONNECTING_FRESH
@@ -207,7 +219,7 @@ class SessionMonitor(WatchLoop[SessionStatus]):
         now = self._clock()
         if self._down_since is None:
             self._down_since = now
-            self._next_probe = now + self.config.stuck_after_s
+            self._next_probe = now + self._wait(self.config.stuck_after_s)
         if self._status.state is RegistryState.RECONNECTING_FRESH:
             return  # our own restart's LOST: keep saying why
         if state == KazooState.LOST and self._client.client_state == KeeperState.CLOSED:
@@ -233,7 +245,7 @@ class SessionMonitor(WatchLoop[SessionStatus]):
             return  # ours came back while we probed
         if not accepted:
             self._probe_interval = min(self._probe_interval * 2, self.config.max_probe_interval_s)
-            self._next_probe = self._clock() + self._probe_interval
+            self._next_probe = self._clock() + self._wait(self._probe_interval)
             self._set(self._status.state, f"ZooKeeper unreachable for {down_for:.0f}s")
             return
         self._restart(down_for)
@@ -248,9 +260,12 @@ class SessionMonitor(WatchLoop[SessionStatus]):
         self._set(RegistryState.RECONNECTING_FRESH,
                   f"ZooKeeper refused session {session:#x} for {down_for:.0f}s (lost its data?)",
                   restarts=1)
-        self._next_probe = self._clock() + self.config.stuck_after_s  # and again if even that fails
+        self._next_probe = self._clock() + self._wait(self.config.stuck_after_s)  # and again if even that fails
         client.stop()
         client.start_async()
+
+    def _wait(self, seconds: float) -> float:
+        return seconds * self._rng.uniform(1.0, 1.0 + self.config.jitter)
 
     def _set(self, state: RegistryState, detail: str, *, restarts: int = 0) -> None:
         s = self._status

@@ -165,8 +165,28 @@ def provision_service(client: KazooClient, service: str, *, writer_id: str, admi
     client.set_acls(node, acl)
 
 
+def connection_retry() -> KazooRetry:
+    """How a client gets back to the ensemble: forever, 0.1 s doubling to 2 s, each sleep x U(0.5, 1.5).
+
+    After a leader election every client of the ensemble reconnects at once.
+    kazoo tries each server of its (shuffled) list, then sleeps; the jitter
+    (50 %, kazoo's default is 40 %) feeds the next delay, so after a few
+    rounds the clients' attempts are spread over seconds instead of landing
+    together. 2 s at most (3 s with jitter): a client tries every server at
+    least three times within a 10 s session timeout, so a session (and a
+    pod's ephemeral node) survives an election. The re-reads that follow a
+    reconnect are spread further by the watcher (``WatcherConfig.resync_jitter_s``).
+    """
+    return KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_jitter=0.5, max_delay=2.0)
+
+
+def command_retry() -> KazooRetry:
+    """A request lost with its connection is tried 3 times, 0.1 s doubling to 1 s, jittered as above."""
+    return KazooRetry(max_tries=3, delay=0.1, backoff=2, max_jitter=0.5, max_delay=1.0)
+
+
 def make_client(settings: ZkSettings) -> KazooClient:
-    """A configured, not yet started client whose connection retries forever."""
+    """A configured, not yet started client whose connection retries forever (:func:`connection_retry`)."""
     kw: dict[str, object] = {}
     if settings.auth:
         kw["auth_data"] = [("digest", settings.auth)]
@@ -174,8 +194,8 @@ def make_client(settings: ZkSettings) -> KazooClient:
     return KazooClient(
         hosts=settings.hosts,
         timeout=settings.session_timeout_s,
-        connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=2.0),
-        command_retry=KazooRetry(max_tries=3, delay=0.1, backoff=2, max_delay=1.0),
+        connection_retry=connection_retry(),
+        command_retry=command_retry(),
         read_only=settings.read_only,
         **kw,  # type: ignore[arg-type]
     )
