@@ -26,6 +26,7 @@ delete/re-create gap a client could see as the pod vanishing).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +36,10 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import BadVersionError, KazooException, NoAuthError, NodeExistsError, NoNodeError, ZookeeperError
 from kazoo.security import ACL
 
-from .errors import NotRegistered, PublisherClosed, RecordError
+from . import publishing as _p
+from .errors import NotRegistered, PublisherClosed
 from .publishing import FAILURES_BEFORE_PROBLEM, InstanceIdConflict, PublisherConfig, PublisherStats
-from .records import InstanceRecord, State, decode_instance, encode_instance
+from .records import InstanceRecord, State, encode_instance
 from .session import SessionMonitor
 from .zk import RegistryPaths
 
@@ -69,6 +71,8 @@ class Publisher:
         self._desired: InstanceRecord | None = None
         self._gen = 0  # bumped on each intent change
         self._synced: tuple[int, int] | None = None  # (session id, gen) known written
+        self._written: tuple[InstanceRecord, int, float] | None = None  # last write: record, gen, monotonic time
+        self._hold = 0.0  # seconds the worker holds a minor change back (min_write_interval_s)
         self._verify = True
         self._cond = threading.Condition()
         self._wake = threading.Event()
@@ -233,7 +237,7 @@ class Publisher:
     def _run(self) -> None:
         delay = self._config.retry_delay_s
         while True:
-            self._wake.wait(timeout=self._config.verify_interval_s)
+            self._wake.wait(timeout=min(self._config.verify_interval_s, self._hold or math.inf))
             self._wake.clear()
             with self._cond:
                 if self._closed:
@@ -269,6 +273,11 @@ class Publisher:
         session_id = self._client.client_id[0]
         if self._synced == (session_id, gen) and not verify:
             return
+        w, ours = self._written, self._synced is not None and self._synced[0] == session_id and not verify
+        self._hold = _p.hold_s(w[0], desired, time.monotonic() - w[2], self._config.min_write_interval_s) if (
+            ours and desired is not None and w is not None) else 0.0
+        if self._hold > 0:
+            return  # a weight change alone, too soon after the last write: the worker wakes when it is due
         try:
             if desired is None:
                 self._delete_own(session_id)
@@ -279,6 +288,9 @@ class Publisher:
             with self._cond:
                 self._verify = True
             raise
+        if desired is not None and (self._written is None or self._written[1] != gen):
+            self.stats.coalesced += max(0, gen - (self._written[1] if self._written else gen) - 1)
+            self._written = (desired, gen, time.monotonic())
         with self._cond:
             self._synced = (session_id, gen)
             self._cond.notify_all()
@@ -322,10 +334,7 @@ class Publisher:
         serves no reader. The node exists, so its session is live: one that names
         another endpoint is a second instance with our id, and is left alone.
         """
-        try:
-            theirs = decode_instance(data).endpoint
-        except RecordError:
-            theirs = None
+        theirs = rec.endpoint if (rec := _p.decode_or_none(data)) is not None else None
         if theirs is not None and theirs != self._record.endpoint:
             raise InstanceIdConflict(self._path, owner, theirs, self._record.endpoint)
         try:
@@ -350,12 +359,6 @@ class Publisher:
             log.warning("publisher %s: the other instance's node is gone; ours is written", self._path)
             self._conflict = None
 
-    def _same_endpoint(self, data: bytes | None) -> bool:
-        try:
-            return decode_instance(data).endpoint == self._record.endpoint
-        except RecordError:
-            return False
-
     def _delete_own(self, session_id: int) -> None:
         """Delete our node, and a lingering node of an older session of ours.
 
@@ -367,11 +370,8 @@ class Publisher:
             data, stat = self._client.get(self._path)
         except NoNodeError:
             return
-        if stat.ephemeralOwner == session_id or self._same_endpoint(data):
-            try:
-                current = decode_instance(data)
-            except RecordError:
-                current = None
+        if stat.ephemeralOwner == session_id or _p.names_endpoint(data, self._record.endpoint):
+            current = _p.decode_or_none(data)
             try:
                 if current is not None and current.routable:
                     drained = current.with_changes(enabled=False, state=State.DRAINING, weight=0.0,

@@ -60,6 +60,10 @@ log = logging.getLogger("server_agent")
 
 HEARTBEAT_S = 1.0
 """The loop wakes at least this often, so /healthz can tell a stuck loop from an idle one."""
+RAMP_WRITES = 4
+"""Weight-only writes are at least ``ramp_s / RAMP_WRITES`` apart (``PublisherConfig.min_write_interval_s``):
+the slow start is published as create at 5 %, about 29, 52 and 76 %, then SERVING at 100 % (5 writes, not the
+~12 a 10 % threshold on 5 s polls makes); each write notifies every client watching the pod (issue 11)."""
 
 
 class Agent:
@@ -272,7 +276,9 @@ class Agent:
                 self._calibrate()
             ctl.registered(now)
             self._publisher = Publisher(self._zk, self._record(ctl.decide(now).weight), paths=self.config.zk.paths,
-                                        config=self.config.publisher)
+                                        config=replace(self.config.publisher, min_write_interval_s=max(
+                                            self.config.publisher.min_write_interval_s,
+                                            self.config.weight.ramp_s / RAMP_WRITES)))
             self._publisher.register(timeout=None)  # written by the publisher's worker, whenever ZooKeeper allows
         elif t.move is Move.DRAIN and self._publisher is not None:
             self._publisher.drain()
