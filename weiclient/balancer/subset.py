@@ -9,28 +9,34 @@ write wakes 10,000 clients). A subset bounds both by ``k``, the subset size.
 random subsetting). Each member gets the score ``mix64(h(client) ^ h(id))``
 and a client keeps the ``k`` best. Measured against Finagle's aperture (a
 ring of equal slots in hash order, each client a window of ``k`` slots from
-its own offset, edge pods weighted by the part of them it covers) in
-``bench/fleet_sim.py``, 1,000 pods x 10,000 clients, capacities 1:2:4:8,
-k = 32 (figures in the README's "Operating at fleet scale"):
+its offset, edge pods weighted by the part of them it covers) in
+``bench/fleet_sim.py``: 1,000 pods x 10,000 clients with lognormal loads,
+capacities 1:2:4:8, three zones, the default sizes (README, "Operating at
+fleet scale"):
 
-- evenness is the same for both when client offsets are random (a client
-  has no coordinate among 10,000 others, since they belong to many ranking
-  services): connections per pod max/mean 1.18 (rendezvous) and 1.17
-  (aperture); load / capacity max/mean 1.19 and 1.18 with weight-proportional
-  routing inside the subsets. Only aperture with evenly spread offsets
-  (Finagle's deterministic aperture, which needs every client's index and
-  the client count) is near exact: 1.00 and 1.01;
-- churn decides it: when one pod joins or leaves, rendezvous changes the
-  subset of the clients that ranked it (k / n: 3.2 %, one pod each), while
-  the aperture ring shifts every window after the pod by one slot and
-  changes most clients' edge pods (about 90 %), each a new connection and a
-  new data watch.
+==========================  ==================  ==================  ==================
+                            connections/pod     load / capacity     clients moved when
+                            max / mean          max / mean          one pod leaves
+==========================  ==================  ==================  ==================
+rendezvous                  1.30                1.113               8.8 % (one pod each)
+aperture, random offsets    1.27                1.172               39 %
+aperture, evenly spread     1.24                1.190               39 %
+==========================  ==================  ==================  ==================
+
+Evenness is much the same (a client has no coordinate among 10,000 others
+of many ranking services, so offsets are random; and even Finagle's evenly
+spread offsets, which need one, do not help when callers' loads and subset
+sizes differ). Churn decides: rendezvous changes only the subsets that
+ranked the pod (``k / n`` of the clients, one pod each), while the ring
+shifts every window after the pod by a slot and changes four times as many
+clients' edge pods, each a new connection and a new data watch.
 
 **Weights act inside the subset, not on membership.** A pod of weight ``w``
 is in as many subsets as any other and takes a share ``w / W(subset)`` of
 each client's load, so across all subsets it carries load in proportion to
 ``w`` (a 4x pod 4x the load: the sim's load / capacity per capacity class is
-within a few percent of equal) while its connections stay near the mean. The
+1.00, 1.00, 1.00, 1.01 of the mean, with the correction of :func:`_self_share`)
+while its connections stay near the mean. The
 alternative, membership in proportion to weight (weighted HRW), must then
 route *uniformly* inside the subset to avoid counting the weight twice (load
 grows as ``w^2`` otherwise), and gives a 8x pod 8x the connections: with
