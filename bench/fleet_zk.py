@@ -1,0 +1,293 @@
+"""Fleet scale on one real 3-node ZooKeeper ensemble (issue 11, parts 2, 4 and 5).
+
+1,000 pods registered by real :class:`~registry.publisher.Publisher` sessions
+(several processes, several sessions each, addresses nothing answers on) and
+200 real clients (each its own session with a MembershipWatcher and a
+ConfigWatcher, what WeiClient opens; several processes). Two arms, one after
+the other on the same pods:
+
+- ``all``: today's client, a data watch on every member, and today's ramp
+  cadence (a write whenever the weight moved 10 % at a 5 s poll);
+- ``subset``: a watch filter keeping the client's rendezvous subset of
+  ``--subset`` members, and the publisher's minimum write interval of
+  ``ramp_s / 4`` (the agent's setting).
+
+For each arm it measures the watches per client (the servers' ``wchc``, plus
+``mntr``'s total for the children watches), notifications and reads per
+weight write (counted at the clients), the ensemble's CPU (its JVMs' /proc
+times), the time for a membership change to reach the clients (p50/p99 of
+every delivery, and of the time until all clients had it), and the same
+during a rolling restart of ``--restart`` pods. Capacity is measured first:
+the reads per second and CPU the ensemble gives a saturating reader here.
+
+    .venv/bin/python bench/fleet_zk.py                   # 1,000 pods, 200 clients (~5 min on 2 cores)
+    .venv/bin/python bench/fleet_zk.py --pods 300 --clients 50 --restart 100 --restart-s 20   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from multiprocessing import Pipe, Process
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from bench.fleet_zk_parts import (  # noqa: E402
+    Arm,
+    client_main,
+    pct,
+    pod_main,
+    saturate,
+)
+from registry.testing import ZooKeeperEnsemble, ZooKeeperSettings  # noqa: E402
+
+console = Console()
+
+
+class Procs:
+    """Child processes, each on a pipe that answers each command with one reply."""
+
+    def __init__(self, target, args_list):
+        self.pipes, self.procs = [], []
+        for args in args_list:
+            ours, theirs = Pipe()
+            p = Process(target=target, args=(theirs, *args), daemon=True)
+            p.start()
+            self.pipes.append(ours)
+            self.procs.append(p)
+
+    def ask(self, *cmd, timeout: float = 600.0):
+        for pipe in self.pipes:
+            pipe.send(cmd)
+        out = []
+        for pipe in self.pipes:
+            if not pipe.poll(timeout):
+                raise TimeoutError(f"no answer to {cmd[0]} within {timeout}s")
+            reply = pipe.recv()
+            if isinstance(reply, BaseException):
+                raise reply
+            out.append(reply)
+        return out
+
+    def stop(self):
+        for pipe in self.pipes:
+            try:
+                pipe.send(("stop",))
+            except OSError:
+                pass
+        for p in self.procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+
+
+def cpu_s(pids) -> float:
+    """CPU seconds (user + system) the processes used so far."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def jvm_cpu(zk: ZooKeeperEnsemble) -> float:
+    """CPU seconds the ensemble's JVMs used so far."""
+    return cpu_s(m.process.pid for m in zk.members if m.process is not None)
+
+
+def mntr_sum(zk: ZooKeeperEnsemble, *keys: str) -> dict[str, float]:
+    sums = dict.fromkeys(keys, 0.0)
+    for m in zk.members:
+        got = m.mntr()
+        for k in keys:
+            sums[k] += got.get(k, 0.0)
+    return sums
+
+
+PACKETS = ("zk_packets_received", "zk_packets_sent", "zk_sum_node_changed_watch_count",
+           "zk_cnt_node_changed_watch_count", "zk_sum_node_children_watch_count")
+
+
+class Meter:
+    """Ensemble CPU, packets and client counters over one phase."""
+
+    def __init__(self, zk, clients: Procs):
+        self.zk, self.clients = zk, clients
+        self.t, self.cpu, self.m = time.monotonic(), jvm_cpu(zk), mntr_sum(zk, *PACKETS)
+        self.ccpu = cpu_s(p.pid for p in clients.procs)
+        self.c = sum_stats(clients.ask("stats"))
+
+    def done(self) -> dict[str, float]:
+        dt = time.monotonic() - self.t
+        m, c = mntr_sum(self.zk, *PACKETS), sum_stats(self.clients.ask("stats"))
+        out = {"s": dt, "cpu": (jvm_cpu(self.zk) - self.cpu) / dt,
+               "client_cpu": (cpu_s(p.pid for p in self.clients.procs) - self.ccpu) / dt}
+        out.update({k: m[k] - self.m[k] for k in PACKETS})
+        out.update({k: c[k] - self.c[k] for k in c})
+        return out
+
+
+def sum_stats(replies) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in replies:
+        for k, v in r.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def latencies(replies, kind: str) -> tuple[list[float], list[float]]:
+    """(every delivery's delay, each event's delay until the last client had it)."""
+    every, last = [], {}
+    for events in replies:
+        for k, key, delay in events:
+            if k == kind:
+                every.append(delay)
+                last[key] = max(last.get(key, 0.0), delay)
+    return every, list(last.values())
+
+
+def run_arm(arm: Arm, zk, pods: Procs, args, results: dict) -> None:
+    per = args.clients // args.client_procs
+    clients = Procs(client_main, [(zk.hosts, i * per, per, arm.subset, args.pods) for i in range(args.client_procs)])
+    try:
+        t0 = time.monotonic()
+        clients.ask("ready")
+        r = results.setdefault(arm.name, {})
+        r["sync_s"] = time.monotonic() - t0
+        pods.ask("cadence", arm.min_write_interval_s)
+        time.sleep(2)  # let the start-up reads finish before counting
+
+        sessions = [s for reply in clients.ask("sessions") for s in reply]
+        data = zk.watches()
+        counts = [len(data.get(s, ())) for s in sessions]
+        child = zk.watch_count() - zk.watch_totals()[2]
+        r["watches"] = (sum(counts) / len(counts) + child / len(sessions), max(counts) + 1, child)
+
+        # Weight writes: one at a time through the owning publisher; counted at the clients.
+        meter = Meter(zk, clients)
+        ids = [f"p{(i * 7919) % args.pods:04d}" for i in range(args.writes)]
+        clients.ask("track", ids)
+        pods.ask("weights", ids, args.write_gap_s, time.time() + 0.5)
+        time.sleep(2)
+        w = meter.done()
+        r["per_write"] = (w["data_events"] / len(ids), w["reads"] / len(ids),
+                          # each server applies every write and fires its own sessions' watches
+                          w["zk_sum_node_changed_watch_count"] / max(1, w["zk_cnt_node_changed_watch_count"] / zk.size))
+        r["write_delay"] = latencies(clients.ask("events"), "upd")
+
+        # Membership changes: probe pods join one at a time.
+        meter = Meter(zk, clients)
+        pods.ask("join", args.joins, 0.5, time.time() + 0.5)
+        time.sleep(2)
+        j = meter.done()
+        r["join"] = latencies(clients.ask("events"), "add")
+        r["join_cost"] = (j["child_events"] / (2 * args.joins), j["reads"] / (2 * args.joins))
+        r["join_cpu"] = j["client_cpu"]
+
+        # Rolling restart: --restart pods over --restart-s, each ramping over --ramp-s.
+        meter = Meter(zk, clients)
+        writes0 = sum_stats(pods.ask("pubstats"))
+        pods.ask("restart", args.restart, args.restart_s, args.ramp_s, time.time() + 0.5)
+        rr = meter.done()
+        writes = sum_stats(pods.ask("pubstats"))
+        r["restart"] = rr
+        r["restart_writes"] = {k: writes[k] - writes0.get(k, 0) for k in writes}
+        r["restart_join"] = latencies(clients.ask("events"), "add")
+    finally:
+        clients.stop()
+
+
+def report(results: dict, cap: dict, args) -> None:
+    t = Table(title=f"{args.pods} pods x {args.clients} clients, one 3-node ensemble on this machine "
+                    f"({os.cpu_count()} cores)")
+    t.add_column("measure")
+    for name in results:
+        t.add_column(name, justify="right")
+
+    def row(label, fn):
+        t.add_row(label, *(fn(r) for r in results.values()))
+
+    def pp(xs):
+        return f"{pct(xs, 0.5) * 1000:.0f} / {pct(xs, 0.99) * 1000:.0f} ms" if xs else "-"
+
+    row("every client's first full snapshot (s)", lambda r: f"{r['sync_s']:.1f}")
+    row("watches per client: mean (max data + 1 children)", lambda r: f"{r['watches'][0]:.1f} ({r['watches'][1]})")
+    row("notifications per weight write (clients)", lambda r: f"{r['per_write'][0]:.1f}")
+    row("reads per weight write (clients)", lambda r: f"{r['per_write'][1]:.1f}")
+    row("watches fired per setData (servers' mntr; + the pod's own)", lambda r: f"{r['per_write'][2]:.1f}")
+    row("weight write -> watching client p50 / p99", lambda r: pp(r["write_delay"][0]))
+    row("join -> a client p50 / p99", lambda r: pp(r["join"][0]))
+    row("  client processes' CPU meanwhile (cores)", lambda r: f"{r['join_cpu']:.2f}")
+    row("join -> all clients p50 / p99", lambda r: pp(r["join"][1]))
+    row("reads per membership change (all clients together)", lambda r: f"{r['join_cost'][1]:.0f}")
+    def writes(r):
+        return sum(r["restart_writes"].get(k, 0) for k in ("creates", "sets", "deletes"))
+
+    def rate(r):
+        return r["restart"]["zk_packets_received"] / r["restart"]["s"]
+
+    n, cores = args.restart, os.cpu_count() or 1
+    row(f"restart of {n} pods: ZK writes (per pod)", lambda r: f"{writes(r):.0f} ({writes(r) / n:.1f})")
+    row("  notifications / reads per pod restart",
+        lambda r: f"{r['restart']['notifications'] / n:.0f} / {r['restart']['reads'] / n:.0f}")
+    row("  client requests/s (server packets in)", lambda r: f"{rate(r):.0f}")
+    row("  ensemble CPU (cores)", lambda r: f"{r['restart']['cpu']:.2f}")
+    row("  client processes' CPU (cores)", lambda r: f"{r['restart']['client_cpu']:.2f}")
+    row(f"  ensemble CPU, % of the machine's {cores} cores", lambda r: f"{100 * r['restart']['cpu'] / cores:.1f} %")
+    row("  requests, % of the measured read capacity", lambda r: f"{100 * rate(r) / cap['reads_per_s']:.1f} %")
+    row("  join -> a client p50 / p99", lambda r: pp(r["restart_join"][0]))
+    row("  join -> all clients p50 / p99", lambda r: pp(r["restart_join"][1]))
+    console.print(t)
+    console.print(f"read capacity: {cap['reads_per_s']:.0f} reads/s of a 700-byte node to {3} pipelining reader "
+                  f"processes, nothing else running; the ensemble used {cap['cores']:.2f} cores (the readers, in "
+                  "Python, had the rest): a lower bound of its capacity, so the % above is an upper bound")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pods", type=int, default=1000)
+    ap.add_argument("--pod-procs", type=int, default=10)
+    ap.add_argument("--sessions", type=int, default=10, help="publisher sessions per pod process")
+    ap.add_argument("--clients", type=int, default=200)
+    ap.add_argument("--client-procs", type=int, default=4)
+    ap.add_argument("--subset", type=int, default=20)
+    ap.add_argument("--writes", type=int, default=40)
+    ap.add_argument("--write-gap-s", type=float, default=0.1)
+    ap.add_argument("--joins", type=int, default=10)
+    ap.add_argument("--restart", type=int, default=200, help="pods restarted in the rolling restart")
+    ap.add_argument("--restart-s", type=float, default=40.0)
+    ap.add_argument("--ramp-s", type=float, default=20.0)
+    ap.add_argument("--capacity-s", type=float, default=5.0)
+    ap.add_argument("--arms", default="all,subset")
+    args = ap.parse_args()
+    arms = {"all": Arm("all", None, 0.0), "subset": Arm("subset", args.subset, args.ramp_s / 4)}
+
+    settings = ZooKeeperSettings(heap_mb=1024, max_session_ticks=150)
+    with ZooKeeperEnsemble(3, settings=settings) as zk:
+        cap = saturate(zk, args.capacity_s, jvm_cpu)
+        console.print(f"ensemble up; capacity {cap['reads_per_s']:.0f} reads/s at {cap['cores']:.2f} cores")
+        per = args.pods // args.pod_procs
+        pods = Procs(pod_main, [(zk.hosts, i * per, per, args.sessions) for i in range(args.pod_procs)])
+        try:
+            t0 = time.monotonic()
+            pods.ask("ready")
+            console.print(f"{args.pods} pods registered in {time.monotonic() - t0:.1f}s")
+            results: dict = {}
+            for name in args.arms.split(","):
+                console.print(f"arm {name} ...")
+                run_arm(arms[name], zk, pods, args, results)
+            report(results, cap, args)
+        finally:
+            pods.stop()
+
+
+if __name__ == "__main__":
+    threading.excepthook = lambda a: console.print(f"[red]thread {a.thread.name}: {a.exc_value!r}")
+    main()
