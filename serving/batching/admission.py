@@ -36,7 +36,12 @@ A request of ``rows`` arriving at ``now`` is admitted when both hold:
   refused first and critical ones last.
 
 Without a capacity measurement (a new runner, an idle one) nothing is
-refused on time grounds: the length bound of the queue still holds. A
+refused on time grounds: the length bound of the queue still holds. An idle
+runner (nothing queued, nothing running) admits every call: it can only be
+refused there on a stale pace, and running is how the pace is measured
+again. Without this a pod frozen for 5 s (SIGSTOP) came back with a batch
+that "took" 5 s as its newest evidence and refused every call with a short
+deadline until that evidence aged out (``tests/faults``). A
 refusal says when to come back: the time for the queue to drain to the
 bound (``retry_after_s``, at least ``min_retry_after_s``), sent to the
 client as ``wei-retry-after-ms`` (see :mod:`protocol.wire`).
@@ -129,6 +134,9 @@ class Admission:
         bound = self.bound_s(batch_s)
         if bound is not None:
             self._observe(wait, now, bound, batch_s)
+        if queued_rows == 0 and running_rows == 0:
+            return None
+        if bound is not None:
             allowed = bound * SHARES.get(priority, 1.0) * (1.0 if self.standing else c.burst_factor)
             if wait > allowed:
                 what = "a standing queue" if self.standing else "a burst"

@@ -28,6 +28,7 @@ def standing(config: AdmissionConfig | None = None) -> Admission:
 
 @pytest.mark.parametrize(("kw", "refused", "retry_after_ms"), [
     ({}, False, None),                                              # empty queue
+    ({"deadline": 10.001}, False, None),                            # idle: runs, whatever the pace says
     ({"queued_rows": 150}, False, None),                            # 150 ms: 3 batches of 50 ms
     ({"queued_rows": 250}, True, 100.0),                            # 250 ms > 150 ms: drains to it in 100
     ({"queued_rows": 100, "running_rows": 200}, True, 50.0),        # half the running batch counts
