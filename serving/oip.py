@@ -29,7 +29,7 @@ from serving.errors import InvalidInput, ModelNotFound, ServingError
 from serving.inference import Call
 from serving.repository import LoadedModels, LoadedVersion, VersionState
 
-__all__ = ["SERVER_NAME", "infer_call", "model_metadata", "model_ready", "server_metadata", "version_of"]
+__all__ = ["SERVER_NAME", "infer_call", "lookup", "model_metadata", "model_ready", "server_metadata", "version_of"]
 
 SERVER_NAME = "wei-serve"
 PLATFORMS = {"tensorflow": "tensorflow_savedmodel", "pytorch": "pytorch_libtorch", "python": "python"}
@@ -51,7 +51,8 @@ def version_of(text: str) -> int | None:
         raise InvalidInput(str(exc)) from None
 
 
-def _lookup(snap: LoadedModels, name: str, version: int | None) -> LoadedVersion:
+def lookup(snap: LoadedModels, name: str, version: int | None) -> LoadedVersion:
+    """The loaded version (None: the latest), or ModelNotFound naming what is loaded."""
     versions = snap.get(name)
     if not versions:
         raise ModelNotFound(f"model {name!r} is not loaded; loaded models: {sorted(snap)}")
@@ -64,7 +65,7 @@ def _lookup(snap: LoadedModels, name: str, version: int | None) -> LoadedVersion
 def model_ready(snap: LoadedModels, name: str, version: int | None) -> bool:
     """Loaded and taking calls; an unknown model or version is simply not ready."""
     try:
-        return _lookup(snap, name, version).state is VersionState.AVAILABLE
+        return lookup(snap, name, version).state is VersionState.AVAILABLE
     except ModelNotFound:
         return False
 
@@ -75,7 +76,7 @@ def _tensor(name: str, spec: TensorSpec) -> dict[str, Any]:
 
 def model_metadata(snap: LoadedModels, name: str, version: int | None) -> dict[str, Any]:
     """The OIP model metadata (the REST JSON; the gRPC message has the same fields)."""
-    lv = _lookup(snap, name, version)
+    lv = lookup(snap, name, version)
     platform = lv.config.platform
     if platform == "auto":
         try:

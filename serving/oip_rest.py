@@ -6,7 +6,7 @@ Routes (the specification's health, metadata and inference)::
     GET  /v2/health/live                             200 while the process serves
     GET  /v2/health/ready                            200 ready, 503 not (loading, draining)
     GET  /v2/models/{name}[/versions/{v}]            model metadata (404 unknown)
-    GET  /v2/models/{name}[/versions/{v}]/ready      200 ready, 503 loaded but not, 404 unknown
+    GET  /v2/models/{name}[/versions/{v}]/ready      200 ready, 503 loaded but not (draining), 404 unknown
     POST /v2/models/{name}[/versions/{v}]/infer      JSON tensors, binary extension (protocol.oip.rest)
 
 An infer call runs through :meth:`serving.inference.Inference.execute`, the
@@ -39,9 +39,10 @@ from protocol.oip.infer import InferRequest
 from protocol.oip.rest import HEADER_LENGTH, decode_infer, encode_infer
 from protocol.tensor import WireError
 from serving import oip as facts
-from serving.errors import InvalidInput, ModelNotFound, ServingError
+from serving.errors import InvalidInput, ServingError
 from serving.http import HttpRequest, HttpResponse
 from serving.inference import Call, Inference, Outcome, check_priority
+from serving.repository import VersionState
 
 __all__ = ["HTTP_STATUS", "OipRest"]
 
@@ -90,9 +91,7 @@ class OipRest:
             return _json(200, facts.model_metadata(snap, name, version))
         if rest == ["ready"]:
             _method(req, "GET")
-            if name not in snap:
-                raise ModelNotFound(f"model {name!r} is not loaded; loaded models: {sorted(snap)}")
-            ok = self._ready() and facts.model_ready(snap, name, version)
+            ok = self._ready() and facts.lookup(snap, name, version).state is VersionState.AVAILABLE
             return HttpResponse(status=200 if ok else 503, body=b"" if ok else b'{"error":"not ready"}')
         if rest == ["infer"]:
             _method(req, "POST")

@@ -16,6 +16,7 @@ import pytest
 from serving_helpers import running, server_config, write_python_model, x
 
 from protocol import wire
+from serving.batching.admission import Admission, AdmissionConfig
 
 th = pytest.importorskip("tritonclient.http", reason="tritonclient is in the dev extra")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -191,6 +192,8 @@ def gated(tmp_path, client_for):
         lv = server.manager.snapshot["affine"][1]
         for _ in range(100):                 # 10-row batches in 10 ms
             lv.runner.stats.record_batch(10, 1.0, 0.0, 0.01)
+        while lv.runner.stats.recent().capacity_rows_per_s is None:   # its cache (50 ms) has caught up
+            threading.Event().wait(0.005)
         model = lv.backend._model
         model.gate.clear()
         model.entered.clear()
@@ -234,13 +237,16 @@ def test_triton_s_timeout_parameter_is_the_deadline(gated):
 
 def test_priority_and_admission_refusals_with_retry_after(gated):
     server, lv, model, c = gated
-    queued = c._predict.future(wire.encode_request(wire.PredictRequest(model="affine", inputs={"x": x(20)})))
-    while lv.runner.queue_depth() < 20:
+    # the bound itself (CoDel's burst allowance is table-tested in test_srv_admission): 5 ms for a default
+    # call, 2.5 for a sheddable one
+    lv.runner._admission = Admission(AdmissionConfig(max_queue_delay_ms=5, burst_factor=1.0))
+    queued = c._predict.future(wire.encode_request(wire.PredictRequest(model="affine", inputs={"x": x(10)})))
+    while lv.runner.queue_depth() < 10:
         threading.Event().wait(0.001)
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}).encode()
     status, r, answer = send(server, "POST", "/v2/models/affine/infer", body, {wire.PRIORITY_KEY: "sheddable"})
-    assert status == 429 and "10 ms a sheddable call may wait" in json.loads(answer)["error"]
-    assert int(r.getheader(wire.RETRY_AFTER_KEY)) >= 10 and int(r.getheader("Retry-After")) >= 1
+    assert status == 429 and "a sheddable call may wait" in json.loads(answer)["error"]
+    assert int(r.getheader(wire.RETRY_AFTER_KEY)) >= 8 and int(r.getheader("Retry-After")) >= 1
     assert r.getheader(wire.LOAD_REPORT_KEY)
     status, _, answer = send(server, "POST", "/v2/models/affine/infer", body, {wire.PRIORITY_KEY: "urgent"})
     assert status == 400 and "expected one of" in json.loads(answer)["error"]
