@@ -12,6 +12,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_helpers import load_report, running, server_config, write_python_model, x
 
 from protocol import oip, wire
@@ -76,8 +77,11 @@ def refused(fn, *args, **kw) -> InferenceServerException:
     return err.value
 
 
-def test_health_answers_for_the_server_and_each_model(triton):
+def test_health_answers_for_the_server_and_each_model(server, triton):
     assert triton.is_server_live() and triton.is_server_ready()
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:   # Kubernetes' gRPC probe, by service
+        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=oip.SERVICE))
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
     assert triton.is_model_ready("affine") and triton.is_model_ready("affine", "1")
     assert not triton.is_model_ready("affine", "7") and not triton.is_model_ready("nope")
     err = refused(triton.is_model_ready, "affine", "latest")
