@@ -57,6 +57,11 @@ bench: deps
 	$(PY) bench/overhead.py
 	$(PY) bench/batching.py
 	$(PY) bench/hetero.py --swap --plots bench/out
+	$(PY) bench/overload.py --plots bench/out
+	$(PY) bench/oip.py
+	$(PY) bench/faults.py
+	$(PY) bench/fleet_sim.py --plots bench/out
+	$(PY) bench/fleet_zk.py
 
 # The OIP messages (protocol/oip/grpc_predict_v2.proto) as Python, committed so that neither users nor
 # wei-serve need protoc or grpcio-tools. Two edits to protoc's output: a private descriptor pool, so the
