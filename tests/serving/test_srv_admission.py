@@ -17,15 +17,6 @@ def check(adm: Admission, **kw):
     return adm.check(**args)
 
 
-def standing(config: AdmissionConfig | None = None) -> Admission:
-    """An Admission that has seen a standing queue: every wait over 0.5 s (the interval) was 2 s."""
-    adm = Admission(config)
-    for t in (9.0, 9.3, 9.6):
-        check(adm, now=t, queued_rows=2000, priority="critical")
-    assert adm.standing
-    return adm
-
-
 @pytest.mark.parametrize(("kw", "refused", "retry_after_ms"), [
     ({}, False, None),                                              # empty queue
     ({"deadline": 10.001}, False, None),                            # idle: runs, whatever the pace says
@@ -42,41 +33,25 @@ def standing(config: AdmissionConfig | None = None) -> Admission:
     ({"queued_rows": 10_000, "batch_s": None, "deadline": 11.0}, True, 9100.0),  # ... the deadline holds
 ])
 def test_admission_table(kw, refused, retry_after_ms):
-    r = check(standing(), **kw)
+    r = check(Admission(), **kw)
     assert (r is not None) == refused
     if refused:
         assert r.retry_after_s * 1000 == pytest.approx(retry_after_ms)
         assert r.reason.startswith("overloaded:") and "retry on another endpoint" in r.reason
 
 
-def test_a_burst_may_wait_four_times_longer_until_the_queue_stands_then_until_it_drains():
-    adm = Admission()
-    assert check(adm, now=9.0, queued_rows=250) is None             # a burst: 250 ms < 4 x 150 ms
-    assert "(a burst)" in check(adm, now=9.1, queued_rows=650).reason
-    assert not adm.standing
-    for t in (9.2, 9.4, 9.55):                                      # the queue never fell under 150 ms
-        check(adm, now=t, queued_rows=200)
-    assert adm.standing and "(a standing queue)" in check(adm, now=9.6, queued_rows=250).reason
-    check(adm, now=9.7, queued_rows=100)                            # 100 ms: under the bound, not under half
-    check(adm, now=10.1, queued_rows=120)
-    assert adm.standing
-    check(adm, now=10.2, queued_rows=50)                            # 50 ms < 75 ms: it drained
-    check(adm, now=10.7, queued_rows=0)
-    assert not adm.standing and check(adm, now=10.8, queued_rows=250) is None
-
-
 def test_a_fixed_bound_a_floor_and_off():
-    fixed = standing(AdmissionConfig(max_queue_delay_ms=500))
+    fixed = Admission(AdmissionConfig(max_queue_delay_ms=500))
     assert check(fixed, queued_rows=450) is None
     assert check(fixed, queued_rows=505).retry_after_s == pytest.approx(0.010)  # the floor: 10 ms
     assert check(Admission(AdmissionConfig(max_queue_delay_ms=0)), queued_rows=10_000) is None
     assert check(Admission(AdmissionConfig(enabled=False)), queued_rows=10_000, deadline=10.001) is None
-    tiny = standing(AdmissionConfig(min_queue_delay_ms=20))
+    tiny = Admission(AdmissionConfig(min_queue_delay_ms=20))
     assert check(tiny, queued_rows=15, batch_s=0.001) is None  # 4 x 1 ms < the 20 ms floor
 
 
 def test_the_reason_names_the_figures():
-    r = check(standing(), queued_rows=100, deadline=10.15)
+    r = check(Admission(), queued_rows=100, deadline=10.15)
     assert "200 ms" in r.reason and "150 ms left" in r.reason
 
 

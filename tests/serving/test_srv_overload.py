@@ -11,7 +11,6 @@ from serving_helpers import running, server_config, write_python_model, x
 
 from protocol import wire
 from protocol.wire import PredictRequest
-from serving.batching.admission import Admission, AdmissionConfig
 
 
 def body(rows: int) -> bytes:
@@ -44,9 +43,6 @@ def held(repo, client_for):
         lv = server.manager.snapshot["aff"][1]
         for _ in range(100):
             lv.runner.stats.record_batch(10, 1.0, 0.0, 0.01)
-        # CoDel's burst allowance is table-tested in test_srv_admission; here the bound itself holds
-        lv.runner._admission = Admission(AdmissionConfig(max_queue_delay_ms=batching.get("max_queue_delay_ms"),
-                                                         enabled=batching.get("admission", True), burst_factor=1.0))
         model = lv.backend._model
         model.gate.clear()
         model.entered.clear()
