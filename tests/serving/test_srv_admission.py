@@ -11,6 +11,7 @@ CAP = 1000.0  # rows per second
 
 
 def check(adm: Admission, **kw):
+    """1,000 rows/s in 50 ms batches: a default call may wait 150 ms (3 batches), a sheddable one 75."""
     args = dict(rows=100, now=10.0, deadline=None, priority="default", queued_rows=0, running_rows=0,
                 capacity_rows_per_s=CAP, batch_s=0.05)
     args.update(kw)

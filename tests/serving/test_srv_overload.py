@@ -34,15 +34,15 @@ def repo(tmp_path):
 
 @pytest.fixture
 def held(repo, client_for):
-    """A server whose one batch thread is held, 20 rows queued, and a measured pace of 1,000
-    rows/s in 10 ms batches: a default call may wait 30 ms (3 batch times), a sheddable one 15."""
+    """A server whose one batch thread is held, 20 rows queued, and a measured pace of 100
+    rows/s in 100 ms batches: a default call may wait 300 ms (3 batch times), a sheddable one 150."""
     def make(**batching):
         ctx = running(server_config(repo, num_batch_threads=1, **batching))
         server = ctx.__enter__()
         c = client_for(server)
         lv = server.manager.snapshot["aff"][1]
         for _ in range(100):
-            lv.runner.stats.record_batch(10, 1.0, 0.0, 0.01)
+            lv.runner.stats.record_batch(10, 1.0, 0.0, 0.1)
         model = lv.backend._model
         model.gate.clear()
         model.entered.clear()
@@ -68,10 +68,10 @@ def test_overload_refusals_are_immediate_name_the_figures_and_say_when_to_return
     with pytest.raises(grpc.RpcError) as err:
         c._predict(body(1), timeout=30, metadata=md("sheddable"))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "15 ms a sheddable call may wait" in err.value.details()
+    assert "150 ms a sheddable call may wait" in err.value.details()
     assert retry_after_ms(err.value) >= 10
-    calls.append(c._predict.future(body(1)))                              # default: 21 ms < 30 ms
-    calls.append(c._predict.future(body(1), metadata=md("critical")))    # critical: up to 120 ms
+    calls.append(c._predict.future(body(1)))                              # default: 205 ms < 300 ms
+    calls.append(c._predict.future(body(1), metadata=md("critical")))    # critical: up to 1.2 s
     while server.manager.snapshot["aff"][1].runner.queue_depth() < 22:
         threading.Event().wait(0.001)
     model.gate.set()
@@ -82,8 +82,8 @@ def test_overload_refusals_are_immediate_name_the_figures_and_say_when_to_return
 
 def test_a_call_that_cannot_meet_its_deadline_is_refused_at_once(held):
     server, c, model, calls = held(max_queue_delay_ms=0)                  # no wait bound: deadlines only
-    calls += [c._predict.future(body(900)) for _ in range(2)]             # 1.8 s of work queued
-    while server.manager.snapshot["aff"][1].runner.queue_depth() < 1820:
+    calls += [c._predict.future(body(90)) for _ in range(2)]              # 1.8 s of work queued
+    while server.manager.snapshot["aff"][1].runner.queue_depth() < 200:
         threading.Event().wait(0.001)
     with pytest.raises(grpc.RpcError) as late:                            # 1.8 s queued > 1 s left
         c._predict(body(1), timeout=1.0)
