@@ -55,6 +55,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +159,8 @@ class Result:
 
 
 MIX = {"small_fraction": 0.0, "small_rows": 20, "big_rows": 2000}  # --mix: each call small or big
+ERROR_KINDS: Counter[str] = Counter()  # the current arm's errors by class
+ERROR_EXAMPLES: dict[str, str] = {}     # one message per class, for the log
 
 
 async def open_loop(call, rate: float, seconds: float) -> tuple[list[tuple[float, float, bool]], list[float]]:
@@ -176,8 +179,10 @@ async def open_loop(call, rate: float, seconds: float) -> tuple[list[tuple[float
         try:
             await call(small)
             done.append((at - start, loop.time() - at, small))
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - every failure is a data point
             errors.append(at - start)
+            ERROR_KINDS[type(exc).__name__] += 1
+            ERROR_EXAMPLES.setdefault(type(exc).__name__, str(exc)[:300])
 
     tasks = []
     smalls = rng.random(len(arrivals)) < MIX["small_fraction"]
@@ -468,7 +473,13 @@ def main() -> int:
                                   f"{late} errors; published weights within 15 % of the new ratio after "
                                   f"{seconds_or(took, 'more than the arm lasted')}")
                 results.append(result)
-                console.print(f"  {arm}: p99 {result.pct(99):.1f} ms, errors {result.errors}", style="dim")
+                kinds = ", ".join(f"{k} {n}" for k, n in ERROR_KINDS.most_common())
+                console.print(f"  {arm}: p99 {result.pct(99):.1f} ms, errors {result.errors}"
+                              + (f" ({kinds})" if kinds else ""), style="dim")
+                for kind, text in ERROR_EXAMPLES.items():
+                    console.print(f"    e.g. {kind}: {text}", style="dim", markup=False)
+                ERROR_KINDS.clear()
+                ERROR_EXAMPLES.clear()
             for pub in statics:
                 pub.close()
         finally:

@@ -178,7 +178,8 @@ def report(results: list[ArmResult], args) -> None:
     table = Table(title=f"offered {args.load:.0%} of capacity, then {args.load * 7 / 4:.0%} while the fastest pod "
                         f"is slowed, then {args.load:.0%} again ({args.timeout_s:g} s deadline)")
     for col in ("arm", "goodput at 140 %", "p99 ok 80 %", "p99 ok 140 %", "p99 ok / 80 %", "refusal p50 ms",
-                "errors in 2 s after" + (" (default / sheddable)" if args.sheddable else ""), "errors by kind", *(("sheddable ok / default ok",) if args.sheddable else ())):
+                "errors in 2 s after" + (" (default / sheddable)" if args.sheddable else ""), "errors by kind",
+                *(("sheddable ok / default ok",) if args.sheddable else ())):
         table.add_column(col, justify="left" if col in ("arm", "errors by kind") else "right")
     for r in results:
         p1, p2, end = r.phases

@@ -106,8 +106,9 @@ def client(zk_settings):
     made: list[WeiClient] = []
 
     def make(n_pods: int, *, policy: str = "round_robin", seed: int = 1, **config) -> WeiClient:
+        config.setdefault("timeout_s", 10.0)
         c = WeiClient(zk_settings.hosts, "ctr", rng=random.Random(seed),
-                      config=ClientConfig(timeout_s=10.0, balancer=policy, **config))
+                      config=ClientConfig(balancer=policy, **config))
         made.append(c)
         c._watcher.wait_for(lambda s: len(s.routable()) == n_pods)
         return c
@@ -156,13 +157,22 @@ def test_an_old_servers_queue_full_without_a_hint_is_overload_with_the_default_b
 
 
 def test_every_pod_refusing_fails_fast_as_overloaded_with_the_soonest_retry_after(raw, client):
-    a, b = raw(refusing(retry_after_ms=150)), raw(refusing(retry_after_ms=400))
-    c = client(2, throttle=NO_THROTTLE)
+    """Hints over half the time left: no wait round (tests/unit/test_overload_signal.py has it)."""
+    a, b = raw(refusing(retry_after_ms=300)), raw(refusing(retry_after_ms=400))
+    c = client(2, throttle=NO_THROTTLE, timeout_s=0.5)
     with pytest.raises(Overloaded) as e:
         c.predict("ctr", {"x": x(1)})
     assert type(e.value) is Overloaded and isinstance(e.value, RequestFailed)
     assert [t.code for t in e.value.attempts] == ["RESOURCE_EXHAUSTED"] * 2 and (a.calls, b.calls) == (1, 1)
-    assert e.value.retry_after_s == pytest.approx(0.15)
+    assert e.value.retry_after_s == pytest.approx(0.3)
+
+
+def test_every_pod_refusing_with_a_short_hint_is_tried_again_once_after_it(raw, client):
+    a, b = raw(refusing(retry_after_ms=20)), raw(refusing(retry_after_ms=30))
+    c = client(2, throttle=NO_THROTTLE)
+    with pytest.raises(Overloaded) as e:
+        c.predict("ctr", {"x": x(1)})
+    assert len(e.value.attempts) == 4 and (a.calls, b.calls) == (2, 2)
     assert all(r.consecutive_failures == 0 for r in c.stats().balancer.endpoints)
 
 
@@ -221,9 +231,10 @@ def test_a_wrong_priority_is_invalid_input_naming_the_valid_ones_and_nothing_is_
 
 def test_throttling_rejects_locally_sheddable_first_and_never_critical(raw, client):
     """A fleet that refuses everything: soon most calls are rejected here, without a byte sent;
-    a critical call still reaches the pod every time."""
-    pod = raw(refusing(retry_after_ms=1))
-    c = client(1, seed=3)
+    a critical call still reaches the pod every time. (A hint over half the time left: one
+    attempt per call, no wait round.)"""
+    pod = raw(refusing(retry_after_ms=600))
+    c = client(1, seed=3, timeout_s=1.0)
     outcomes = {"sent": 0, "throttled": 0}
     for _ in range(60):
         before = pod.calls
@@ -249,8 +260,8 @@ def test_throttling_rejects_locally_sheddable_first_and_never_critical(raw, clie
 
 
 def test_throttling_off_sends_every_call(raw, client):
-    pod = raw(refusing(retry_after_ms=1))
-    c = client(1, throttle=NO_THROTTLE)
+    pod = raw(refusing(retry_after_ms=600))
+    c = client(1, throttle=NO_THROTTLE, timeout_s=1.0)
     for _ in range(30):
         with pytest.raises(Overloaded) as e:
             c.predict("ctr", {"x": x(1)}, priority="sheddable")

@@ -53,6 +53,29 @@ def write_python_model(root: Path, name: str, version: int, *, scale: float = 2.
     return path
 
 
+TEXT_MODEL = '''
+import numpy as np
+from serving.backends.signature import Signature, spec
+
+class Text:
+    signature = Signature(inputs={"s": spec("|S1", [None])},
+                          outputs={"up": spec("|S1", [None]), "len": spec("<i4", [None])})
+
+    def predict(self, inputs):
+        s = inputs["s"]
+        return {"up": np.char.upper(s), "len": np.char.str_len(s).astype(np.int32)}
+
+def load(path):
+    return Text()
+'''
+
+def oip_repo(root: Path) -> Path:
+    """The OIP tests' models: ``affine`` (float32 [N, 3]) and ``text`` (bytes in, bytes and lengths out)."""
+    write_python_model(root, "affine", 1)
+    write_python_model(root, "text", 1, source=TEXT_MODEL)
+    return root
+
+
 def server_config(models_dir: Path, **batching) -> ServerConfig:
     batching.setdefault("num_batch_threads", 2)
     return ServerConfig(models_dir=models_dir, host="127.0.0.1", port=0, status_port=0,

@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serving_helpers import load_report, running, server_config, write_python_model, x
+from serving_helpers import load_report, oip_repo, running, server_config, write_python_model, x
 
 from protocol import oip, wire
 from protocol.oip import pb
@@ -24,28 +24,10 @@ from serving.batching.admission import Admission, AdmissionConfig
 tg = pytest.importorskip("tritonclient.grpc", reason="tritonclient is in the dev extra")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-TEXT_MODEL = '''
-import numpy as np
-from serving.backends.signature import Signature, spec
-
-class Text:
-    signature = Signature(inputs={"s": spec("|S1", [None])},
-                          outputs={"up": spec("|S1", [None]), "len": spec("<i4", [None])})
-
-    def predict(self, inputs):
-        s = inputs["s"]
-        return {"up": np.char.upper(s), "len": np.char.str_len(s).astype(np.int32)}
-
-def load(path):
-    return Text()
-'''
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("oip_grpc")
-    write_python_model(root, "affine", 1)
-    write_python_model(root, "text", 1, source=TEXT_MODEL)
+    root = oip_repo(tmp_path_factory.mktemp("oip_grpc"))
     with running(server_config(root)) as s:
         yield s
 
@@ -238,7 +220,7 @@ def test_priority_and_admission_refusals_with_a_retry_after(gated):
     server, lv, model = gated
     # the bound itself (CoDel's burst allowance is table-tested in test_srv_admission): 5 ms for a default
     # call, 2.5 for a sheddable one, 20 for a critical one
-    lv.runner._admission = Admission(AdmissionConfig(max_queue_delay_ms=5, burst_factor=1.0))
+    lv.runner._admission = Admission(AdmissionConfig(max_queue_delay_ms=5))
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     infer = channel.unary_unary(oip.METHODS["ModelInfer"])
     try:

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 import pytest
-from serving_helpers import running, server_config, write_python_model, x
+from serving_helpers import oip_repo, running, server_config, write_python_model, x
 
 from protocol import wire
 from serving.batching.admission import Admission, AdmissionConfig
@@ -21,28 +21,10 @@ from serving.batching.admission import Admission, AdmissionConfig
 th = pytest.importorskip("tritonclient.http", reason="tritonclient is in the dev extra")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-TEXT_MODEL = '''
-import numpy as np
-from serving.backends.signature import Signature, spec
-
-class Text:
-    signature = Signature(inputs={"s": spec("|S1", [None])},
-                          outputs={"up": spec("|S1", [None]), "len": spec("<i4", [None])})
-
-    def predict(self, inputs):
-        s = inputs["s"]
-        return {"up": np.char.upper(s), "len": np.char.str_len(s).astype(np.int32)}
-
-def load(path):
-    return Text()
-'''
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("oip_rest")
-    write_python_model(root, "affine", 1)
-    write_python_model(root, "text", 1, source=TEXT_MODEL)
+    root = oip_repo(tmp_path_factory.mktemp("oip_rest"))
     with running(server_config(root)) as s:
         yield s
 
@@ -239,7 +221,7 @@ def test_priority_and_admission_refusals_with_retry_after(gated):
     server, lv, model, c = gated
     # the bound itself (CoDel's burst allowance is table-tested in test_srv_admission): 5 ms for a default
     # call, 2.5 for a sheddable one
-    lv.runner._admission = Admission(AdmissionConfig(max_queue_delay_ms=5, burst_factor=1.0))
+    lv.runner._admission = Admission(AdmissionConfig(max_queue_delay_ms=5))
     queued = c._predict.future(wire.encode_request(wire.PredictRequest(model="affine", inputs={"x": x(10)})))
     while lv.runner.queue_depth() < 10:
         threading.Event().wait(0.001)

@@ -9,7 +9,7 @@ import pytest
 
 from registry.membership import snapshot_from_records
 from registry.records import InstanceRecord, State
-from weiclient.attempts import OVERLOADED, AttemptController, Failed, GiveUp, Plan, Send, Sleep
+from weiclient.attempts import OVERLOADED, Answered, AttemptController, Failed, GiveUp, Plan, Return, Send, Sleep
 from weiclient.balancer import POLICIES, Balancer, RetryBudget, RetryBudgetConfig, build_policy
 from weiclient.config import OverloadConfig, RetryConfig
 from weiclient.errors import InvalidBalancerConfig, NoEndpointAvailable, Overloaded, RequestFailed
@@ -149,19 +149,45 @@ def test_a_refusal_is_retried_at_once_on_another_pod_every_time():
     assert third.endpoint not in (first.endpoint, second.endpoint)
 
 
-def test_every_pod_refusing_is_overloaded_at_once_with_the_soonest_retry_after():
+def test_every_pod_refusing_waits_the_soonest_retry_after_once_then_is_overloaded():
     ctl = controller(2)
     first = ctl.start(1.0)
     ctl.on_outcome(refused(first, 0.3), 1.001)
     second = ctl.resume(1.001)
     d = ctl.on_outcome(refused(second, 0.12), 1.002)
     assert isinstance(d, Sleep)
-    d = ctl.resume(1.002)  # nowhere left: no wait for the deadline (10 s)
+    assert ctl.resume(1.002) == Sleep(0.12, REFUSED)  # nowhere left: wait the soonest hint, once
+    third = ctl.resume(1.122)                         # a new round over every pod
+    assert isinstance(third, Send)
+    ctl.on_outcome(refused(third, 0.12), 1.123)
+    fourth = ctl.resume(1.123)
+    assert isinstance(fourth, Send) and fourth.endpoint != third.endpoint
+    ctl.on_outcome(refused(fourth, 0.12), 1.124)
+    d = ctl.resume(1.124)  # refused again everywhere: no second wait, no wait for the deadline (10 s)
     assert isinstance(d, GiveUp) and type(d.error) is Overloaded
     assert d.error.retry_after_s == pytest.approx(0.12)
-    assert [a.code for a in d.error.attempts] == [REFUSED, REFUSED]
+    assert [a.code for a in d.error.attempts] == [REFUSED] * 4
     assert "every instance tried refused" in str(d.error) and "retry after 120 ms" in str(d.error)
     assert isinstance(d.error.__cause__, NoEndpointAvailable)
+
+
+def test_after_the_wait_a_pod_with_room_answers():
+    ctl = controller(3)
+    sends = [ctl.start(1.0)]
+    for t in (1.001, 1.002):
+        ctl.on_outcome(refused(sends[-1], 0.02), t)
+        sends.append(ctl.resume(t))
+    assert ctl.on_outcome(refused(sends[-1], 0.02), 1.003) == Sleep(0.02, REFUSED)  # 3 attempts, all refused
+    again = ctl.resume(1.023)
+    assert isinstance(again, Send)
+    assert isinstance(ctl.on_outcome(Answered(again.endpoint, b"ok", 0.01), 1.03), Return)
+
+
+def test_no_wait_when_the_hint_is_more_than_half_the_time_left():
+    ctl = controller(1)
+    d = ctl.on_outcome(refused(ctl.start(1.0), 5.0), 1.001)  # 5 s asked, 9 s left
+    d = ctl.resume(1.001) if isinstance(d, Sleep) else d
+    assert isinstance(d, GiveUp) and type(d.error) is Overloaded
 
 
 @pytest.mark.parametrize("kwargs, says", [(dict(max_attempts=2), "2 attempts"),
