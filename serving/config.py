@@ -99,7 +99,7 @@ class BatchingConfig:
     slo_decrease_factor: float = 0.9
     # Admission (see serving.batching.admission): refuse at once a call that cannot finish
     # within its deadline at the measured pace, or would wait longer than max_queue_delay_ms
-    # (None: 3 mean batch times, at least 100 ms; 0: no wait bound, deadlines still count).
+    # (None: 3 mean batch times, at least 250 ms; 0: no wait bound, deadlines still count).
     admission: bool = True
     max_queue_delay_ms: float | None = None
 

@@ -34,7 +34,7 @@ def check(adm: Admission, **kw):
     ({"queued_rows": 10_000, "batch_s": None, "deadline": 11.0}, True, 9100.0),  # ... the deadline holds
 ])
 def test_admission_table(kw, refused, retry_after_ms):
-    r = check(Admission(), **kw)
+    r = check(Admission(AdmissionConfig(min_queue_delay_ms=20)), **kw)  # the bound: 3 batches of 50 ms
     assert (r is not None) == refused
     if refused:
         assert r.retry_after_s * 1000 == pytest.approx(retry_after_ms)
