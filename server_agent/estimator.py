@@ -32,8 +32,11 @@ plain mean of what it has)::
 - **Confidence grows with evidence**: ``evidence / (evidence + prior's
   weight)``, reported beside the estimate.
 - **It follows a change**: once old, each second of model time moves the
-  estimate by ``1 - exp(-1 / memory_busy_s)`` of the way; at 80 % load that
-  is 63 % of a step in ~12 s and 95 % in ~37 s.
+  estimate by ``1 - exp(-1 / memory_busy_s)`` of the way; at 80 % busy that
+  is 63 % of a step in ~6 s and 95 % in ~19 s. What counts is the pod's own
+  busy time: a pod that became slow is sent less (``p2c_jsed`` reads its
+  queue), ran 40 % busy in ``bench/hetero.py --swap``, and with a memory of
+  10 s its weight was still 44 % off the new ratio a minute after the swap.
 - **No traffic, no change**: an interval with less than ``min_busy_s`` of
   model time is no evidence, and the estimate holds (an idle or ejected pod
   keeps its weight instead of decaying towards the prior).
@@ -56,9 +59,10 @@ __all__ = ["CapacityEstimator", "EstimatorConfig", "WorkTotals"]
 
 @dataclass(frozen=True, kw_only=True)
 class EstimatorConfig:
-    """``memory_busy_s`` (10): evidence, in seconds of full-use model time, over which an old
-    estimate fades: at 80 % load a speed change is followed within the minute the weights must
-    settle in, while one slow interval (a GC pause, a cold cache) moves it by a few percent.
+    """``memory_busy_s`` (5): evidence, in seconds of full-use model time, over which an old
+    estimate fades: a pod 40 % busy follows a speed change within the minute the weights must
+    settle in, while one slow second (a GC pause, a cold cache) moves it by under a fifth of
+    the way.
     ``min_evidence_s`` (0.5): model time before measurements replace a guessed prior.
     ``prior_evidence_s`` (1): a guessed prior's weight in the confidence only.
     ``calibrated_evidence_s`` (5): what a start-up calibration weighs in the average (it measured
@@ -67,7 +71,7 @@ class EstimatorConfig:
     ``memory_busy_s``), a sample more than this far from the estimate is ignored (a counter
     glitch, not a pod 100x faster)."""
 
-    memory_busy_s: float = 10.0
+    memory_busy_s: float = 5.0
     min_evidence_s: float = 0.5
     prior_evidence_s: float = 1.0
     calibrated_evidence_s: float = 5.0
