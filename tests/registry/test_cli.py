@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import pytest
 from kazoo.client import KazooClient
+from registry_cli_helpers import Lines
 
 from registry.cli import human_age, parse_split, snapshot_header
 from registry.membership import MembershipSnapshot
@@ -229,35 +228,6 @@ def test_unknown_service_names_it_and_the_known_ones(zk_settings, publish, comma
 
 
 # -- watch -------------------------------------------------------------------------
-
-class Lines:
-    """A subprocess's stdout read on a thread, so the test can wait for a line with a timeout."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self._q: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
-
-    def _pump(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self._q.put(line.rstrip("\n"))
-        self._q.put(None)
-
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 30.0) -> str:
-        while True:
-            line = self._q.get(timeout=timeout)
-            if line is None:
-                raise AssertionError("output ended; seen:\n" + "\n".join(self.seen))
-            self.seen.append(line)
-            if predicate(line):
-                return line
-
-    def rest(self, timeout: float = 30.0) -> list[str]:
-        while (line := self._q.get(timeout=timeout)) is not None:
-            self.seen.append(line)
-        return self.seen
-
 
 @contextmanager
 def watching(settings: ZkSettings, *args: str) -> Iterator[tuple[subprocess.Popen[str], Lines]]:

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import os
 import pty
-import queue
 import re
 import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import pytest
 from kazoo.client import KazooClient
+from registry_cli_helpers import Lines
 
 from registry.cli_top import config_changes, member_changes, member_rows
 from registry.membership import MembershipSnapshot
@@ -98,31 +97,6 @@ def test_unknown_service_is_one_error_line(zk_settings, publish):
 
 
 # -- piped: one line per change ----------------------------------------------------------
-
-class Lines:
-    """A subprocess's stdout read on a thread, so the test waits for a line with a deadline."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self._q: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
-
-    def _pump(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self._q.put(line.rstrip("\n"))
-        self._q.put(None)
-
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self._q.get(timeout=max(0.01, deadline - time.monotonic()))
-            if line is None:
-                raise AssertionError("output ended; seen:\n" + "\n".join(self.seen))
-            self.seen.append(line)
-            if re.fullmatch(pattern, line):
-                return line
-
 
 @contextmanager
 def top(settings: ZkSettings) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
