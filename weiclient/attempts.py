@@ -63,7 +63,7 @@ from .errors import (
     RequestFailed,
     RequestTooLarge,
 )
-from .retry import RetryPolicy, RetryState, StopAtDeadline
+from .retry import RetryPolicy, RetryState, StopAfterAttempt, StopAtDeadline
 
 __all__ = [
     "CALLER_ERRORS", "MALFORMED", "OVERLOADED", "RETRYABLE", "TOO_LARGE", "WAIT", "Answered", "AttemptController",
@@ -309,7 +309,7 @@ class AttemptController:
         if reason == StopAtDeadline.REASON:
             return GiveUp(DeadlineExceeded("the deadline passed", tuple(self.attempts)), hedge)
         if reason is not None:
-            if reason.endswith("attempts") and (wait := self._wait_round(now)):  # StopAfterAttempt's reason
+            if reason.endswith(StopAfterAttempt.SUFFIX) and (wait := self._wait_round(now)):
                 return wait
             return GiveUp(self._failed(f"stopped by {reason}"), hedge)
         if kind is Kind.OVERLOADED:

@@ -66,9 +66,10 @@ class StopAny(Stop):
 @dataclass(frozen=True, slots=True)
 class StopAfterAttempt(Stop):
     max_attempts: int
+    SUFFIX = " attempts"  # its reasons end so: the attempts ran out, not the time or the budget
 
     def __call__(self, state: RetryState) -> str | None:
-        return f"{self.max_attempts} attempts" if state.made >= self.max_attempts else None
+        return f"{self.max_attempts}{self.SUFFIX}" if state.made >= self.max_attempts else None
 
 
 @dataclass(frozen=True, slots=True)
