@@ -18,6 +18,12 @@ with Jackson's ``@JsonTypeInfo(use = CLASS)``: any Curator version then reads
 it as a map. Writing is strict (:func:`encode_instance` validates every
 field); reading is lenient at the watcher (:func:`decode_instance` raises
 :class:`RecordError` and the watcher skips and counts the node).
+
+``payload.protocol`` says what the pod's port speaks (:class:`Protocol`):
+absent means ``weiserving`` (``weiserving.v1``, msgpack), ``"oip"`` the Open
+Inference Protocol's gRPC (Triton, KServe, MLServer, or wei-serve itself). A
+value this code does not know is refused like any bad field: a client must not
+route to a pod it cannot speak to.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ __all__ = [
     "SCHEMA",
     "Capacity",
     "InstanceRecord",
+    "Protocol",
     "State",
     "decode_instance",
     "decode_member",
@@ -59,6 +66,13 @@ MAX_MODELS = 256
 MAX_VERSIONS = 64
 MAX_LABELS = 64
 MAX_LABEL_LEN = 256
+
+
+class Protocol(StrEnum):
+    """What the pod's port speaks: our ``weiserving.v1`` (msgpack) or the Open Inference Protocol's gRPC."""
+
+    WEISERVING = "weiserving"
+    OIP = "oip"
 
 
 class State(StrEnum):
@@ -189,6 +203,7 @@ class InstanceRecord:
     node: str = ""
     models: Mapping[str, Sequence[int]] = field(default_factory=dict)  # stored as sorted tuples
     labels: Mapping[str, str] = field(default_factory=dict)
+    protocol: Protocol = Protocol.WEISERVING
     enabled: bool = True
     registration_time_ms: int = 0
     updated_ms: int = 0
@@ -205,6 +220,11 @@ class InstanceRecord:
             object.__setattr__(self, "state", State(self.state))
         except ValueError:
             raise RecordError("state", "one of WARMING, SERVING, DRAINING", self.state) from None
+        try:
+            object.__setattr__(self, "protocol", Protocol(self.protocol))
+        except ValueError:
+            raise RecordError("protocol", "one of weiserving, oip (a pod this client cannot speak to)",
+                              self.protocol) from None
         if not isinstance(self.enabled, bool):
             raise RecordError("enabled", "true or false", self.enabled)
         weight = _check_number("weight", self.weight)
@@ -260,6 +280,8 @@ def instance_to_json(rec: InstanceRecord) -> dict[str, Any]:
         "labels": dict(rec.labels),
         "updated_ms": rec.updated_ms,
     }
+    if rec.protocol is not Protocol.WEISERVING:  # the default is omitted: older readers see the same bytes
+        payload["protocol"] = rec.protocol.value
     return {
         "name": rec.service,
         "id": rec.id,
@@ -317,6 +339,7 @@ def instance_from_json(obj: object) -> InstanceRecord:
             node=payload.get("node") or "",
             models=payload.get("models") or {},
             labels=payload.get("labels") or {},
+            protocol=payload.get("protocol", Protocol.WEISERVING.value),
             enabled=obj.get("enabled", True),
             registration_time_ms=obj.get("registrationTimeUTC", 0) or 0,
             updated_ms=payload.get("updated_ms", 0) or 0,

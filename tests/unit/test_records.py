@@ -10,9 +10,11 @@ from registry.records import (
     MAX_RECORD_BYTES,
     Capacity,
     InstanceRecord,
+    Protocol,
     State,
     decode_instance,
     encode_instance,
+    instance_to_json,
 )
 
 
@@ -130,3 +132,21 @@ def test_bad_hosts_string_is_a_record_error(hosts):
 
     with pytest.raises(RecordError, match="hosts"):
         ZkSettings(hosts=hosts)
+
+
+def test_protocol_defaults_to_weiserving_and_is_omitted_from_the_payload():
+    rec = InstanceRecord(service="ctr", id="p1", address="10.0.0.1", port=8500)
+    assert rec.protocol is Protocol.WEISERVING
+    assert "protocol" not in instance_to_json(rec)["payload"]  # older readers see the same bytes
+    oip = rec.with_changes(protocol="oip")
+    assert instance_to_json(oip)["payload"]["protocol"] == "oip"
+    assert decode_instance(encode_instance(oip)).protocol is Protocol.OIP
+
+
+def test_unknown_protocol_is_refused_on_read_and_write():
+    with pytest.raises(RecordError, match="protocol"):
+        InstanceRecord(service="ctr", id="p1", address="10.0.0.1", port=8500, protocol="http")
+    obj = instance_to_json(InstanceRecord(service="ctr", id="p1", address="10.0.0.1", port=8500))
+    obj["payload"]["protocol"] = "thrift"
+    with pytest.raises(RecordError, match="weiserving, oip"):
+        decode_instance(json.dumps(obj).encode())
