@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := zookeeper libcurator-discovery-java default-jdk-headless
 TORCH_WHEELS ?= /opt/wheels/torch-*+cpu-cp311-*.whl
 
-.PHONY: deps system venv test unit demo registry-demo bench lint proto clean
+.PHONY: deps system venv mlserver-venv test unit demo registry-demo bench lint proto clean
 
 deps: system venv
 
@@ -37,7 +37,18 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 
 venv: $(VENV)/.installed-$(EXTRAS)
 
-test: deps
+# MLServer, for the tests' real OIP pods (tests/mlserver), in a venv of its own: its pins are not ours.
+MLSERVER_VENV := .venv-mlserver
+MLSERVER_REQS := tests/mlserver/requirements.txt
+$(MLSERVER_VENV)/.installed: $(MLSERVER_REQS)
+	@test -x $(MLSERVER_VENV)/bin/python || python3 -m venv $(MLSERVER_VENV)
+	@echo "== installing MLServer into $(MLSERVER_VENV)"
+	$(MLSERVER_VENV)/bin/python -m pip install -q --disable-pip-version-check -r $(MLSERVER_REQS)
+	@touch $@
+
+mlserver-venv: $(MLSERVER_VENV)/.installed
+
+test: deps mlserver-venv
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: venv
@@ -77,4 +88,4 @@ lint: venv
 	$(VENV)/bin/ruff check protocol registry weiclient serving server_agent tests bench examples
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) build *.egg-info .pytest_cache
