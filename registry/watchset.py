@@ -98,6 +98,8 @@ class WatchBook:
         self.armed: set[str] = set()  # a data watch is set on the server (until it fires)
         self.wanted: frozenset[str] | None = None  # None: every member is watched
         self._due: dict[str, float] = {}  # unwatched member -> when to read it again
+        self._next: float | None = None  # min(_due.values()), kept so the loop's every turn is O(1)
+        self._next_known = True
 
     def wants(self, member: str) -> bool:
         return self.wanted is None or member in self.wanted
@@ -120,7 +122,7 @@ class WatchBook:
         """``member`` was just read (with a watch or not)."""
         if watched:
             self.armed.add(member)
-            self._due.pop(member, None)
+            self._undue(member)
         elif member not in self.armed:
             self._schedule(member, now)
 
@@ -131,26 +133,43 @@ class WatchBook:
 
     def forget(self, member: str) -> None:
         self.armed.discard(member)
-        self._due.pop(member, None)
+        self._undue(member)
 
     def reset(self) -> None:
         """The connection was lost: the server dropped every watch of ours (kazoo re-sets none)."""
         self.armed.clear()
 
-    def to_arm(self, known: Iterable[str]) -> list[str]:
-        """Known members the filter wants that carry no watch yet."""
-        return sorted(m for m in known if self.wants(m) and m not in self.armed)
+    def to_arm(self, known: Collection[str]) -> list[str]:
+        """Known members the filter wants that carry no watch yet (O(subset) with a filter:
+        every client runs this on every membership change)."""
+        if self.wanted is None:
+            return sorted(m for m in known if m not in self.armed)
+        return sorted(m for m in self.wanted - self.armed if m in known)
 
     def due(self, now: float) -> list[str]:
         """Unwatched members whose refresh time has come."""
+        nxt = self.next_due()
+        if nxt is None or nxt > now:
+            return []
         return sorted(m for m, t in self._due.items() if t <= now and m not in self.armed)
 
     def next_due(self) -> float | None:
-        return min(self._due.values(), default=None)
+        if not self._next_known:
+            self._next = min(self._due.values(), default=None)
+            self._next_known = True
+        return self._next
 
     def _schedule(self, member: str, now: float) -> None:
         period = self.config.period(len(self._due) + (member not in self._due))
-        self._due[member] = now + period * self._rng.uniform(1.0, 1.0 + self.config.jitter)
+        self._undue(member)
+        at = self._due[member] = now + period * self._rng.uniform(1.0, 1.0 + self.config.jitter)
+        if self._next_known and (self._next is None or at < self._next):
+            self._next = at
+
+    def _undue(self, member: str) -> None:
+        at = self._due.pop(member, None)
+        if at is not None and at == self._next:
+            self._next_known = False
 
     def __repr__(self) -> str:
         wanted = "all" if self.wanted is None else len(self.wanted)

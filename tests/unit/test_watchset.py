@@ -82,3 +82,33 @@ def test_only_a_weight_or_capacity_change_waits_for_the_minimum_interval(desired
 def test_no_interval_or_no_previous_write_never_holds():
     assert hold_s(REC, REC.with_changes(weight=2.0), 0.0, 0.0) == 0.0
     assert hold_s(None, REC, 0.0, 15.0) == 0.0
+
+
+def test_the_next_refresh_time_stays_the_minimum_through_any_sequence_of_reads_and_forgets():
+    """``next_due`` is kept, not recomputed on each turn of the watcher's loop: check it against
+    the brute-force minimum after every one of many random operations."""
+    rng = random.Random(11)
+    b = book(period_s=10.0, jitter=1.0)
+    b.choose(frozenset("ab"), "abcdefgh")
+    for step in range(2_000):
+        m, now = rng.choice("abcdefgh"), step * 0.1
+        op = rng.random()
+        if op < 0.5:
+            b.read(m, watched=rng.random() < 0.2, now=now)
+        elif op < 0.7:
+            b.forget(m)
+        elif op < 0.8:
+            b.fired(m)
+        else:
+            due = b.due(now)
+            assert due == sorted(x for x, t in b._due.items() if t <= now and x not in b.armed)
+            for x in due:
+                b.read(x, watched=False, now=now)
+        assert b.next_due() == min(b._due.values(), default=None)
+
+
+def test_to_arm_with_a_filter_is_the_wanted_known_members_without_a_watch():
+    b = book()
+    b.choose(frozenset("abc"), "abcd")
+    b.read("a", watched=True, now=0.0)
+    assert b.to_arm({"a": 1, "b": 1, "d": 1}) == ["b"]  # c left, d is not wanted, a is armed
