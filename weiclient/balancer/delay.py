@@ -18,6 +18,13 @@ Both compare the *work* ahead of a call on each endpoint, in rows (see
   ``server queued rows`` from a fresh report (``load.report_ttl_s``), so
   other clients' load counts; our own queued rows are counted twice (in
   both terms), which with many clients is a small share of the queue.
+  An endpoint without a fresh report (a third-party OIP server sends none,
+  see :mod:`weiclient.oip`) has no queue to add, and the delay is at least
+  the latency of its recent calls (the peak EWMA, ``load.decay_s``), which
+  holds every client's queue: compared on this client's rows alone, a silent
+  pod beside reporting ones looked emptier than it was, and at 90 % load
+  with 8 to 32 clients took more than its share and doubled the mean latency
+  (tests/unit/test_client_oip_balancing.py).
   ``capacity`` (rows/s) is the report's ``capacity_rows_per_s`` when a
   report younger than ``capacity_ttl_s`` has one and an agent measured the
   record's weight (see ``measure_static_pods``), else the effective weight
@@ -195,7 +202,11 @@ class ExpectedDelay:
 
     def delay(self, ep: Endpoint, capacity: float, now: float, rows: float) -> float:
         st = ep.state
-        return (st.in_flight_rows + self.metric.queued_rows(st, now) + rows) / capacity
+        rep = st.report
+        if rep is not None and now - st.report_at <= self.metric.report_ttl_s:
+            return (st.in_flight_rows + rep.queue_depth + rows) / capacity
+        # No queue known: what its calls took lately (peak EWMA, decayed) bounds the delay from below.
+        return max((st.in_flight_rows + rows) / capacity, self.metric.latency(st, now))
 
     def select(self, view: View, table: WeightTable, *, key: object, exclude: Collection[Endpoint],
                now: float, rng: random.Random, cost: float = 1.0) -> Endpoint | None:
