@@ -26,11 +26,12 @@ The rules:
   over their queue bound for a few milliseconds now and then: 2-5 calls in
   1,400 failed that 11 ms later would have been served); after that, or
   without a hint, it ends as :class:`Overloaded` (the soonest retry-after
-  among them), fast, not at its deadline; any other code (DEADLINE_EXCEEDED, INTERNAL) ends the call. Two
+  among them), fast, not at its deadline; any other code (DEADLINE_EXCEEDED, INTERNAL) ends the call. Three
   names are ours, not gRPC's: :data:`MALFORMED` (a reply that does not
-  decode) and :data:`TOO_LARGE` (:func:`code_name`: gRPC's own message-size
+  decode), :data:`TOO_LARGE` (:func:`code_name`: gRPC's own message-size
   check answers RESOURCE_EXHAUSTED, the code of an overloaded pod, but
-  another pod has the same limit: the request is the caller's to shrink);
+  another pod has the same limit: the request is the caller's to shrink)
+  and :data:`CUT` (a server cancelled the call: retryable);
 - before a retry the stop strategy (:mod:`weiclient.retry`) is asked: attempts, then the
   deadline, then the retry budget, so the budget is spent only on a retry
   that is made;
@@ -63,18 +64,20 @@ from .errors import (
     RequestFailed,
     RequestTooLarge,
 )
+from .oip import OipRequest
 from .retry import RetryPolicy, RetryState, StopAfterAttempt, StopAtDeadline
 
 __all__ = [
-    "CALLER_ERRORS", "MALFORMED", "OVERLOADED", "RETRYABLE", "TOO_LARGE", "WAIT", "Answered", "AttemptController",
-    "Decision", "Failed", "GiveUp", "Hedge", "Kind", "Outcome", "Plan", "Return", "Send", "Sleep", "Wait",
-    "blames_endpoint", "classify", "code_name",
+    "CALLER_ERRORS", "CUT", "MALFORMED", "OVERLOADED", "RETRYABLE", "TOO_LARGE", "WAIT", "Answered",
+    "AttemptController", "Decision", "Failed", "GiveUp", "Hedge", "Kind", "Outcome", "Plan", "Return", "Send",
+    "Sleep", "Wait", "blames_endpoint", "classify", "code_name",
 ]
 
 # -- classification: status-code names, one table ---------------------------------------------------
 
 MALFORMED = "MALFORMED_RESPONSE"  # not a gRPC code: the reply could not be decoded
 TOO_LARGE = "MESSAGE_TOO_LARGE"  # not a gRPC code: gRPC's message-size check refused (see code_name)
+CUT = "CANCELLED_BY_SERVER"  # not a gRPC code: a CANCELLED this process did not ask for (see code_name)
 CALLER_ERRORS: Mapping[str, type[RequestError]] = MappingProxyType({
     "INVALID_ARGUMENT": InvalidInput, "NOT_FOUND": ModelNotFound,
     "FAILED_PRECONDITION": InvalidInput, "OUT_OF_RANGE": InvalidInput, TOO_LARGE: RequestTooLarge,
@@ -85,16 +88,21 @@ _HINTS = MappingProxyType({
                "(predict(..., split=True) scatters them)",
 })
 _SIZE_CHECK = "message larger than max"  # gRPC core's text: "Sent|Received message larger than max (N vs. M)"
+_LOCAL_CANCEL = "Locally cancelled by application!"  # grpcio's text (sync and aio) for a call we cancelled
 
 
 def code_name(code: str, message: str) -> str:
     """The name an outcome is classified by: the gRPC code's, except that gRPC's own
-    message-size refusal (RESOURCE_EXHAUSTED, client or server side) is :data:`TOO_LARGE`."""
+    message-size refusal (RESOURCE_EXHAUSTED, client or server side) is :data:`TOO_LARGE`, and a
+    CANCELLED that this process did not ask for is :data:`CUT`: a server that stops (a pod killed,
+    ``grace`` 0) cancels its calls in flight, another pod may answer, and the pod is to blame."""
     if code == "RESOURCE_EXHAUSTED" and _SIZE_CHECK in message:
         return TOO_LARGE
+    if code == "CANCELLED" and message != _LOCAL_CANCEL:
+        return CUT
     return code
 OVERLOADED = "RESOURCE_EXHAUSTED"  # a pod's overload refusal (gRPC's size check is TOO_LARGE, see code_name)
-RETRYABLE = frozenset({"UNAVAILABLE", "ABORTED", MALFORMED})
+RETRYABLE = frozenset({"UNAVAILABLE", "ABORTED", MALFORMED, CUT})
 _NOT_THE_ENDPOINTS_FAULT = frozenset({*CALLER_ERRORS, "CANCELLED", OVERLOADED})
 
 
@@ -134,6 +142,7 @@ class Plan:
     first: Endpoint | None = None        # scatter: the shard's planned endpoint (first attempt only)
     rows: int = 1                        # the call's cost in rows (batch size), for load accounting
     priority: str = "default"            # one of protocol.wire.PRIORITIES, sent as wei-priority
+    oip: OipRequest | None = None        # the body for an OIP pod, built on first use (None: predict_many)
 
 
 # -- events in ------------------------------------------------------------------------------------------

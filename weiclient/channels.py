@@ -25,7 +25,7 @@ import grpc
 import grpc.aio
 from cachetools import TTLCache
 
-from protocol import wire
+from protocol import oip, wire
 
 from .config import ChannelConfig
 
@@ -36,12 +36,15 @@ MAX_DEPARTED = 65_536  # beyond this many departed channels the oldest is closed
 
 @dataclass(frozen=True)
 class Conn:
-    """A channel and its ready-made multicallables (identity serializers: bytes in, bytes out)."""
+    """A channel and its ready-made multicallables (identity serializers: bytes in, bytes out):
+    ``weiserving.v1`` Predict and Metadata, and OIP ModelInfer (``infer``) for a pod whose record
+    says ``oip``. Each is a small object made once per channel, whichever protocol the pod speaks."""
 
     address: str
     channel: Any
     predict: Any
     metadata: Any
+    infer: Any
 
 
 class _Departed(TTLCache):
@@ -85,6 +88,7 @@ class _PoolBase:
         self._closed = False
         self._fresh: set[str] = set()
         self.opened = 0
+
     def get(self, address: str) -> Conn:
         conn = self._conns.get(address)
         if conn is not None:
@@ -97,7 +101,8 @@ class _PoolBase:
                 channel = self._factory(address, self._config.options())
                 conn = Conn(address, channel,
                             channel.unary_unary(wire.PREDICT_METHOD),
-                            channel.unary_unary(wire.METADATA_METHOD))
+                            channel.unary_unary(wire.METADATA_METHOD),
+                            channel.unary_unary(oip.METHODS["ModelInfer"]))
                 self._conns[address] = conn
                 self._fresh.add(address)
                 self.opened += 1

@@ -6,7 +6,8 @@
 Membership and service config come from ZooKeeper watchers running on their
 own threads; the request path reads immutable snapshots and the balancer's
 current vector and does no ZooKeeper I/O. See :mod:`weiclient.attempts`
-for retries and hedging, :mod:`weiclient.transport` for the gRPC drivers and
+for retries and hedging, :mod:`weiclient.transport` for the gRPC drivers,
+:mod:`weiclient.oip` for pods that speak the Open Inference Protocol and
 :mod:`weiclient.balancer` for the policies.
 """
 
@@ -49,6 +50,7 @@ from .errors import (
 from .fleet import Fleet
 from .inputs import Outputs
 from .metrics import ClientMetrics, NullMetrics
+from .oip import OipRequest
 from .transport import Transport
 
 __all__ = ["ClientStats", "WeiClient"]
@@ -219,7 +221,8 @@ class WeiClient:
     def predict_many(self, models: Mapping[str, int | None], inputs: Mapping[str, Any], *,
                      outputs: list[str] | None = None, timeout: float | None = None,
                      key: object = None, priority: str = "default") -> dict[str, Outputs]:
-        """Several models on the same inputs in one request (one feature pass, many models)."""
+        """Several models on the same inputs in one request (one feature pass, many models); routed
+        over ``weiserving`` pods only: OIP has no multi-model request (see :mod:`weiclient.oip`)."""
         with self._metered(args.many_label(models), priority):
             plan = self._many_plan(models, inputs, outputs, timeout, key, priority)
             return args.many_outputs(self._transport.call(plan))
@@ -311,11 +314,13 @@ class WeiClient:
 
     def _plan(self, model: str, version: int | None, arrays: dict[str, np.ndarray], outputs: list[str] | None,
               deadline: float, key: object, priority: str, first: Any = None) -> Plan:
+        max_bytes = self.config.channel.max_message_bytes
         payload = args.encode(wire.PredictRequest(model=model, version=version, inputs=arrays, outputs=outputs),
-                              self.config.channel.max_message_bytes)
+                              max_bytes)
         self._fleet.record(args.rows(arrays), self._clock())
         return Plan(model=model, version=version, payload=payload, deadline=deadline, key=key, first=first,
-                    rows=max(1, args.rows(arrays)), priority=priority)
+                    rows=max(1, args.rows(arrays)), priority=priority,
+                    oip=OipRequest(model, version, arrays, outputs, max_bytes))  # encoded if an OIP pod is picked
 
     def _many_plan(self, models: Mapping[str, int | None], inputs: Mapping[str, Any],
                    outputs: list[str] | None, timeout: float | None, key: object, priority: str) -> Plan:

@@ -56,6 +56,8 @@ class Unavailable(StrEnum):
 
     NO_INSTANCES = "the service has no registered instances"
     NOT_HOSTED = "no instance hosts this model/version"
+    NO_MULTI_MODEL = ("only instances that speak the Open Inference Protocol host them all, and it has no "
+                      "multi-model request; call predict once per model")
     ALL_DRAINING = "every instance hosting it is draining, disabled or at weight 0"
     ALL_EJECTED = "every routable instance is ejected after consecutive failures"
     ALL_EXCLUDED = "every available instance was excluded (already tried)"

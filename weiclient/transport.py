@@ -6,6 +6,12 @@ end into an outcome event once (:meth:`Transport._finish`: the balancer's
 accounting, in calls and in the plan's rows, the ORCA load report, the attempt metric, the latency window),
 sleep when told and raise what the controller gives up with.
 
+Two protocols, one balancer: an attempt on an endpoint whose record says
+``oip`` sends the plan's OIP ModelInfer body (built on the first such attempt,
+kept for the rest) on ``Conn.infer``, and its answer is decoded by
+:mod:`weiclient.oip` into the same response; everything else (accounting,
+metadata in and out, status codes, retries, hedges) is the same for both.
+
 Overload: a call's ``priority`` travels as request metadata
 (``wei-priority``, omitted for ``default``, which the protocol defines as
 the same as no header: the common call carries nothing extra and grpcio
@@ -36,7 +42,9 @@ import grpc
 import numpy as np
 
 from protocol import wire
+from registry.records import Protocol
 
+from . import oip as oip_codec
 from .attempts import (
     MALFORMED,
     OVERLOADED,
@@ -65,6 +73,7 @@ from .throttle import Throttle
 __all__ = ["LatencyWindow", "Plan", "Transport"]
 
 REPORT_INTERVAL_S = 0.05
+_OIP = Protocol.OIP
 # Request metadata per priority, built once: "default" sends none (the same as no header).
 _PRIORITY_METADATA = {p: None if p == "default" else ((wire.PRIORITY_KEY, p),) for p in wire.PRIORITIES}
 
@@ -99,7 +108,7 @@ class _Flight:
     t0: float
     future: Any
     fresh: bool
-    rows: int
+    plan: Plan
 
 
 class Transport:
@@ -165,12 +174,17 @@ class Transport:
         return self._balancer().pick(plan.model, plan.version, key=plan.key, exclude=exclude, also=plan.also,
                                      now=now, cost=plan.rows)
 
-    def _begin(self, ep: Endpoint, pool: ChannelPool | AioChannelPool, rows: int) -> tuple[Any, bool]:
-        """Account a call of ``rows`` rows to ``ep``: (its connection, whether the call opens the channel)."""
-        self._balancer().on_start(ep, self._clock(), cost=rows)
-        return pool.get(ep.address), pool.first_call(ep.address)
+    def _begin(self, ep: Endpoint, pool: ChannelPool | AioChannelPool, plan: Plan) -> tuple[Any, bytes, bool]:
+        """Account an attempt of ``plan`` on ``ep``: (the multicallable of ``ep``'s protocol, the body,
+        whether the call opens the channel). An OIP body is built first: if the plan's inputs cannot
+        be sent that way (a caller's error) it raises before anything is counted."""
+        oip = ep.record.protocol is _OIP  # a multi-model plan has no OIP body: Candidates.view keeps it off OIP pods
+        body = plan.oip.body() if oip else plan.payload  # type: ignore[union-attr]
+        self._balancer().on_start(ep, self._clock(), cost=plan.rows)
+        conn = pool.get(ep.address)
+        return conn.infer if oip else conn.predict, body, pool.first_call(ep.address)
 
-    def _finish(self, ep: Endpoint, rows: int, t0: float, fresh: bool, body: bytes | None,
+    def _finish(self, ep: Endpoint, plan: Plan, t0: float, fresh: bool, body: bytes | None,
                 err: grpc.RpcError | None, trailing: Any) -> Outcome:
         """The one translation of a call's end into an outcome event, accounted with the balancer.
 
@@ -181,6 +195,7 @@ class Transport:
         now = self._clock()
         measured = now - t0
         latency = None if fresh else measured
+        rows = plan.rows
         # Decoding the ORCA report costs more than the rest of this method; the
         # balancer trusts a report for seconds, so one per endpoint every 50 ms is plenty.
         report = None
@@ -189,7 +204,8 @@ class Transport:
         bal = self._balancer()
         if err is None:
             try:
-                resp = wire.decode_response(body or b"")
+                resp = oip_codec.decode_response(body or b"", plan.model, plan.version) \
+                    if ep.record.protocol is _OIP else wire.decode_response(body or b"")
             except wire.WireError as e:
                 bal.on_finish(ep, now, latency, False, report, cost=rows)
                 self._metrics.attempt(ep.address, MALFORMED, measured)
@@ -249,14 +265,13 @@ class Transport:
                 return self._conclude(decision)
 
     def _blocking(self, ep: Endpoint, plan: Plan, timeout: float) -> Outcome:
-        conn, fresh = self._begin(ep, self.pool, plan.rows)
+        method, request, fresh = self._begin(ep, self.pool, plan)
         t0 = self._clock()
         try:
-            body, call = conn.predict.with_call(plan.payload, timeout=timeout,
-                                                metadata=_PRIORITY_METADATA[plan.priority])
+            body, call = method.with_call(request, timeout=timeout, metadata=_PRIORITY_METADATA[plan.priority])
         except grpc.RpcError as err:
-            return self._finish(ep, plan.rows, t0, fresh, None, err, _trailing(err))
-        return self._finish(ep, plan.rows, t0, fresh, body, None, call.trailing_metadata())
+            return self._finish(ep, plan, t0, fresh, None, err, _trailing(err))
+        return self._finish(ep, plan, t0, fresh, body, None, call.trailing_metadata())
 
     def _hedged_round(self, ctl: AttemptController, plan: Plan, send: Send) -> Decision:
         """A round that a hedge may join: futures report their end on a queue."""
@@ -283,24 +298,24 @@ class Transport:
                 self._abandon(loser)
 
     def _start(self, ep: Endpoint, plan: Plan, timeout: float, ended: queue.SimpleQueue[_Flight]) -> _Flight:
-        conn, fresh = self._begin(ep, self.pool, plan.rows)
-        fut = conn.predict.future(plan.payload, timeout=timeout, metadata=_PRIORITY_METADATA[plan.priority])
-        flight = _Flight(ep, self._clock(), fut, fresh, plan.rows)
+        method, request, fresh = self._begin(ep, self.pool, plan)
+        fut = method.future(request, timeout=timeout, metadata=_PRIORITY_METADATA[plan.priority])
+        flight = _Flight(ep, self._clock(), fut, fresh, plan)
         fut.add_done_callback(lambda _f: ended.put(flight))
         return flight
 
     def _outcome(self, flight: _Flight) -> Outcome:
-        ep, rows = flight.endpoint, flight.rows
+        ep, plan = flight.endpoint, flight.plan
         try:
             body = flight.future.result()
         except grpc.RpcError as err:
-            return self._finish(ep, rows, flight.t0, flight.fresh, None, err, _trailing(err))
-        return self._finish(ep, rows, flight.t0, flight.fresh, body, None, flight.future.trailing_metadata())
+            return self._finish(ep, plan, flight.t0, flight.fresh, None, err, _trailing(err))
+        return self._finish(ep, plan, flight.t0, flight.fresh, body, None, flight.future.trailing_metadata())
 
     def _abandon(self, flight: _Flight) -> None:
         """Cancel a hedge's losing call and release its in-flight slot (no latency sample, neutral)."""
         flight.future.cancel()
-        self._balancer().on_finish(flight.endpoint, self._clock(), None, None, None, cost=flight.rows)
+        self._balancer().on_finish(flight.endpoint, self._clock(), None, None, None, cost=flight.plan.rows)
 
     # -- asyncio ---------------------------------------------------------------------------------
 
@@ -345,9 +360,9 @@ class Transport:
         if pool is None:
             pool = self.aio_pool = AioChannelPool(self.config.channel, loop=asyncio.get_running_loop(),
                                                   clock=self._clock)
-        conn, fresh = self._begin(ep, pool, plan.rows)
+        method, request, fresh = self._begin(ep, pool, plan)
         t0 = self._clock()
-        call = conn.predict(plan.payload, timeout=timeout, metadata=_PRIORITY_METADATA[plan.priority])
+        call = method(request, timeout=timeout, metadata=_PRIORITY_METADATA[plan.priority])
         try:
             body = await call
         except asyncio.CancelledError:
@@ -355,8 +370,8 @@ class Transport:
             call.cancel()
             raise
         except grpc.RpcError as err:
-            return self._finish(ep, plan.rows, t0, fresh, None, err, _trailing(err))
-        return self._finish(ep, plan.rows, t0, fresh, body, None, await call.trailing_metadata())
+            return self._finish(ep, plan, t0, fresh, None, err, _trailing(err))
+        return self._finish(ep, plan, t0, fresh, body, None, await call.trailing_metadata())
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from registry.publisher import Publisher
-from registry.records import InstanceRecord, State
+from registry.records import InstanceRecord, Protocol, State
 from serving.config import BatchingConfig, ModelConfig, ServerConfig, VersionPolicy
 from serving.server import ModelServer
 
@@ -56,7 +56,8 @@ class Cluster:
         self.pods: list[Pod] = []
 
     def add(self, *, weight: float = 1.0, versions: tuple[int, ...] = (1,), models=("ctr", "ctr_b"),
-            delay_s: float = 0.0) -> Pod:
+            delay_s: float = 0.0, protocol: Protocol = Protocol.WEISERVING) -> Pod:
+        """A wei-serve on port 0; ``protocol``: what its record says the port speaks (it speaks both)."""
         i = len(self.pods)
         models_dir = self.root / f"pod{i}"
         for model in models:
@@ -71,7 +72,7 @@ class Cluster:
         server = ModelServer(config).start()
         pub = Publisher(self.zk, InstanceRecord(
             service=self.service, id=f"pod-{i}", address="127.0.0.1", port=server.port, weight=weight,
-            state=State.SERVING, models={m: list(versions) for m in models}))
+            state=State.SERVING, models={m: list(versions) for m in models}, protocol=protocol))
         assert pub.register()
         pod = Pod(i, server, pub)
         self.pods.append(pod)

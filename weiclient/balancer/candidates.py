@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
-from registry.records import InstanceRecord
+from registry.records import InstanceRecord, Protocol
 
 from ..errors import Unavailable
 from .state import EndpointKey, EndpointState
@@ -146,7 +146,9 @@ class View:
     """The routable endpoints hosting one model (and version), or why there are none.
 
     ``also``: further (model, version) pairs every endpoint of the view hosts
-    too (a ``predict_many`` call runs them all on one instance).
+    too (a ``predict_many`` call runs them all on one instance, in one
+    ``weiserving.v1`` request: such a view leaves out pods whose record says
+    ``oip``, see :mod:`weiclient.oip`).
     """
 
     __slots__ = ("model", "version", "also", "endpoints", "why", "detail", "table", "cache")
@@ -225,9 +227,12 @@ class Candidates:
         def hosts_all(r: InstanceRecord) -> bool:
             return all(r.hosts_model(m, v) for m, v in wanted)
 
-        eps = tuple(ep for ep in self.endpoints if hosts_all(ep.record))
+        def takes(r: InstanceRecord) -> bool:  # several models in one request: weiserving.v1 only
+            return hosts_all(r) and (not also or r.protocol is Protocol.WEISERVING)
+
+        eps = tuple(ep for ep in self.endpoints if takes(ep.record))
         if not eps and self.outside:
-            eps = tuple(self._endpoint(r) for r in self.outside if hosts_all(r))
+            eps = tuple(self._endpoint(r) for r in self.outside if takes(r))
         if eps:
             return View(model, version, eps, None, "", also)
         if not self.records:
@@ -238,6 +243,10 @@ class Candidates:
             if also:
                 summary = f"no instance hosts all of {_names(wanted)}; {summary}"
             return View(model, version, (), Unavailable.NOT_HOSTED, summary, also)
+        if also and not any(r.protocol is Protocol.WEISERVING for r in hosting):
+            oip = ", ".join(r.id for r in hosting[:5]) + (f" (+{len(hosting) - 5})" if len(hosting) > 5 else "")
+            return View(model, version, (), Unavailable.NO_MULTI_MODEL, f"{_names(wanted)} on {oip}", also)
+        hosting = [r for r in hosting if takes(r)]
         states = ", ".join(f"{r.id} {_not_routable_why(r)}" for r in hosting[:5])
         more = f" (+{len(hosting) - 5})" if len(hosting) > 5 else ""
         return View(model, version, (), Unavailable.ALL_DRAINING, states + more, also)
