@@ -4,14 +4,14 @@
 shut down; the CLI builds it from flags and ``WEI_*`` variables, see
 :mod:`server_agent.cli`); it holds the cores' own parts: :class:`ProbeSpec`,
 :class:`PluginConfig`, :class:`CapacityConfig`, :class:`CalibrationConfig`,
-:class:`WeightConfig`. Every default is argued where it is declared.
+:class:`WeightConfig` (in :mod:`server_agent.weight_config`, re-exported here).
+Every default is argued where it is declared.
 Durations are seconds (floats); the probe fields keep Kubernetes' names so a
 pod spec maps onto them one to one.
 """
 
 from __future__ import annotations
 
-import math
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,37 +21,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from registry.publisher import PublisherConfig
-from registry.records import check_name
+from registry.records import Protocol, check_name
 from registry.zk import ZkSettings
 
+from ._checks import _integer, _number
 from .errors import ConfigError
 from .estimator import EstimatorConfig
 from .k8s import own_ip
+from .weight_config import WeightConfig
 
 __all__ = ["AgentConfig", "CalibrationConfig", "CapacityConfig", "DEFAULT_GPU_COMMAND", "PluginConfig", "ProbeSpec",
            "WeightConfig", "default_instance_id", "split_target"]
-
-
-def _number(name: str, value: object, *, minimum: float = 0.0, strict: bool = False) -> float:
-    """A finite real >= minimum (> minimum when ``strict``); bools are refused."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(name, "a finite number", value)
-    if value < minimum or (strict and value == minimum):
-        raise ConfigError(name, f"a number {'>' if strict else '>='} {minimum:g}", value)
-    return float(value)
-
-
-def _integer(name: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(name, f"an integer >= {minimum}", value)
-    return value
-
-
-def _fraction(name: str, value: object, *, allow_zero: bool = True) -> float:
-    v = _number(name, value, strict=not allow_zero)
-    if v > 1.0:
-        raise ConfigError(name, "a fraction in [0, 1]" if allow_zero else "a fraction in (0, 1]", value)
-    return v
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,97 +148,6 @@ class CalibrationConfig:
             _number("max_latency_s", self.max_latency_s, strict=True)
 
 
-@dataclass(frozen=True, kw_only=True)
-class WeightConfig:
-    """The weight controller's knobs (see :mod:`server_agent.weight`).
-
-    - ``latency_target_ms`` (100): the p99 a ranking call tolerates from one
-      pod. ``latency_signal``: ``"p99"`` (default: tail latency is what ranking
-      feels) or ``"ewma"``. The latency factor is an integral controller: it
-      shrinks while latency is above the target, grows back while latency is
-      below ``(1 - latency_band)`` of it, and holds inside that band.
-      ``latency_band`` (0.3): must exceed the publish threshold times the
-      latency's elasticity to weight (1.5-2.5 near 70% utilisation), else the
-      weight hunts between two published values around the target.
-      ``latency_gain_per_s`` (0.02): log-weight moved per second per unit of
-      log(latency / target); with the ratio capped at 4x that sheds at most
-      2.8%/s, so one 5 s status poll never moves the weight by more than the
-      band holds, and halving a badly overloaded pod's weight takes ~25 s
-      (clients' own in-flight and latency feedback covers the seconds before).
-      ``latency_busy_gate`` (0.8): a pod whose batch threads are busier than
-      this is slow because it is given more than it can do, which its measured
-      capacity corrects within seconds; latency over the target then shrinks
-      the weight less, down to not at all at 100 % busy (linear from the gate).
-      Without the gate the two fight: from equal priors at 80 % load on a
-      1:2:4 fleet, the slower pods' p99 exceeded the target while their
-      capacity was being measured, the integrator cut them to the floor, and
-      they needed ~100 s to climb back. A slow pod that is *not* busy (a
-      stalled disk, a bad host) is a health problem and feels the full factor.
-    - ``queue_growth_scale_rows_per_s`` (1000): a queue growing by this many
-      rows per second halves health. A ranking call carries 1-2k rows, so this is
-      about one request every 1-2 s accumulating: clear overload, not noise.
-    - ``error_rate_ok`` (1%) / ``error_rate_bad`` (50%): health falls linearly
-      between them; errors below 1% are clients' bad inputs, not the pod.
-    - ``smoothing_tau_s`` (20): time constant of the EWMA over the queue and
-      error factors: one noisy poll moves the weight by a few percent, a real
-      trend within about a minute. (The latency integrator needs no EWMA: an
-      integral is already a low-pass filter, and a lag in front of it would
-      make it overshoot.)
-    - ``floor_fraction`` (5%) / ``max_fraction`` (100%) of the capacity score:
-      the floor keeps a slow pod in rotation so it can prove itself recovered;
-      health never raises a pod above its capacity.
-    - ``ramp_s`` (60): slow start after (re)registration, linear from the floor.
-      Long enough to warm caches and JIT paths of a freshly loaded model and for
-      every client to see the pod before it gets its full share; short enough
-      that a rolling update of 100 pods does not take hours. This is the
-      system's one slow start: clients add none to a WARMING record (the
-      argument is in :class:`weiclient.balancer.SlowStart`), so a new pod's
-      first share is ``floor_fraction`` of its weight.
-    - ``publish_threshold`` (10% relative) and ``max_interval_s`` (60): write to
-      ZooKeeper only on a real move, or at most once a minute for drift.
-    """
-
-    latency_target_ms: float = 100.0
-    latency_signal: str = "p99"
-    latency_band: float = 0.3
-    latency_gain_per_s: float = 0.02
-    latency_busy_gate: float = 0.8
-    queue_growth_scale_rows_per_s: float = 1000.0
-    error_rate_ok: float = 0.01
-    error_rate_bad: float = 0.5
-    smoothing_tau_s: float = 20.0
-    floor_fraction: float = 0.05
-    max_fraction: float = 1.0
-    ramp_s: float = 60.0
-    publish_threshold: float = 0.10
-    max_interval_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        _number("latency_target_ms", self.latency_target_ms, strict=True)
-        if self.latency_signal not in ("p99", "ewma"):
-            raise ConfigError("latency_signal", "'p99' or 'ewma'", self.latency_signal)
-        _fraction("latency_band", self.latency_band)
-        if self.latency_band >= 1:
-            raise ConfigError("latency_band", "a fraction in [0, 1)", self.latency_band)
-        _number("latency_gain_per_s", self.latency_gain_per_s, strict=True)
-        _fraction("latency_busy_gate", self.latency_busy_gate)
-        if self.latency_busy_gate >= 1:
-            raise ConfigError("latency_busy_gate", "a fraction in [0, 1)", self.latency_busy_gate)
-        _number("queue_growth_scale_rows_per_s", self.queue_growth_scale_rows_per_s, strict=True)
-        _fraction("error_rate_ok", self.error_rate_ok)
-        _fraction("error_rate_bad", self.error_rate_bad, allow_zero=False)
-        if self.error_rate_bad <= self.error_rate_ok:
-            raise ConfigError("error_rate_bad", f"> error_rate_ok ({self.error_rate_ok:g})", self.error_rate_bad)
-        _number("smoothing_tau_s", self.smoothing_tau_s)
-        _fraction("floor_fraction", self.floor_fraction, allow_zero=False)
-        _number("max_fraction", self.max_fraction, strict=True)
-        if self.max_fraction < self.floor_fraction:
-            raise ConfigError("max_fraction", f">= floor_fraction ({self.floor_fraction:g})", self.max_fraction)
-        _number("ramp_s", self.ramp_s)
-        _number("publish_threshold", self.publish_threshold)
-        _number("max_interval_s", self.max_interval_s, strict=True)
-
-
 def split_target(target: str) -> tuple[str, int]:
     """``"host:port"`` (or ``"[v6]:port"``) -> (host, port); raises ConfigError."""
     host, sep, port = target.rpartition(":")
@@ -318,6 +207,15 @@ class AgentConfig:
     registers, the agent times batches of synthetic rows on ``calibrate_model``
     (None: the first model the server lists) and starts from the samples/s it
     measured (:func:`server_agent.capacity.calibrate`).
+
+    Protocol: ``protocol`` (``Protocol.WEISERVING``) is what the model
+    server's port speaks, and what the record tells clients. wei-serve is read
+    through ``status_url`` (its ``/status`` and ``/metrics``). ``Protocol.OIP``
+    fronts any Open Inference Protocol server (see :mod:`server_agent.oip_io`):
+    probes over OIP gRPC, ``models`` (names; empty: the server's repository
+    index lists them) and ``metrics_url`` (the server's Prometheus endpoint,
+    None: capacity unknown). ``status_url`` is wei-serve's and is None under
+    OIP; ``models`` and ``metrics_url`` are OIP's and refused otherwise.
     """
 
     service: str
@@ -348,8 +246,12 @@ class AgentConfig:
     drain_wait_s: float = 5.0
     in_flight_timeout_s: float = 20.0
     publisher: PublisherConfig = field(default_factory=PublisherConfig)
+    protocol: Protocol = Protocol.WEISERVING
+    models: tuple[str, ...] = ()
+    metrics_url: str | None = None
 
     def __post_init__(self) -> None:
+        self._check_protocol()
         host, port = split_target(self.target)
         if self.address is None:
             advertised = host if host not in ("0.0.0.0", "::", "") else own_ip()
@@ -380,6 +282,33 @@ class AgentConfig:
         _number("drain_wait_s", self.drain_wait_s)
         _number("in_flight_timeout_s", self.in_flight_timeout_s)
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+
+    def _check_protocol(self) -> None:
+        try:
+            object.__setattr__(self, "protocol", Protocol(self.protocol))
+        except ValueError:
+            raise ConfigError("protocol", f"one of {', '.join(p.value for p in Protocol)}", self.protocol) from None
+        if isinstance(self.models, str):
+            raise ConfigError("models", "a sequence of model names", self.models)
+        object.__setattr__(self, "models", tuple(dict.fromkeys(self.models)))
+        for name in self.models:
+            try:
+                check_name("model", name)
+            except ValueError:
+                raise ConfigError("models[]", "a model name, 1-128 of [A-Za-z0-9._-]", name) from None
+        if self.protocol is Protocol.OIP:
+            object.__setattr__(self, "status_url", None)  # wei-serve's status document: OIP servers have none
+            if self.metrics_url is not None:
+                u = urlsplit(self.metrics_url)
+                if u.scheme not in ("http", "https") or not u.hostname:
+                    raise ConfigError("metrics_url", "http://HOST:PORT/PATH of the server's Prometheus metrics",
+                                      self.metrics_url)
+            return
+        if self.models:
+            raise ConfigError("models", "empty with protocol weiserving (wei-serve's /status lists its models)",
+                              list(self.models))
+        if self.metrics_url is not None:
+            raise ConfigError("metrics_url", "None with protocol weiserving (read from status_url)", self.metrics_url)
 
     @property
     def target_host(self) -> str:

@@ -2,7 +2,8 @@
 
     AgentError
     ├── ConfigError        a config value is invalid (field, expected, got)
-    └── CalibrationError   no batch size could be measured (what each one said)
+    ├── CalibrationError   no batch size could be measured (what each one said)
+    └── DiscoveryError     the model server cannot say which models it serves (what to pass instead)
 
 Probe handlers and health plugins never raise these (or anything else) to
 their caller: a failed check is a :class:`~server_agent.probes.ProbeResult`
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 
 from registry.errors import FieldError
 
-__all__ = ["AgentError", "CalibrationError", "ConfigError"]
+__all__ = ["AgentError", "CalibrationError", "ConfigError", "DiscoveryError"]
 
 
 class AgentError(Exception):
@@ -34,3 +35,8 @@ class CalibrationError(AgentError):
         self.failures = dict(failures)
         detail = "; ".join(f"batch {b}: {why}" for b, why in sorted(self.failures.items()))
         super().__init__(f"calibration measured no usable batch size ({detail or 'no batch sizes given'})")
+
+
+class DiscoveryError(AgentError):
+    """The model server lists no models the agent can read (an OIP server without a repository
+    index, and no ``--model`` given): the agent cannot write a record any client could use."""
