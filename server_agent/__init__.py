@@ -4,9 +4,11 @@ The I/O-free cores, each fed events and the current time and returning decisions
 
 - :mod:`server_agent.probes` -- :class:`~server_agent.probes.ProbeEngine`
   (startup/readiness/liveness with Kubernetes semantics) and the handlers that
-  do one check each (exec, HTTP GET, TCP, gRPC health).
+  do one check each (exec, HTTP GET, TCP, gRPC health, OIP ServerLive/ServerReady/ModelReady).
 - :mod:`server_agent.weight` -- :class:`~server_agent.weight.WeightController`:
   capacity x health x slow-start, smoothed, clamped, rate-limited publishes.
+- :mod:`server_agent.oip_metrics` -- an OIP server's Prometheus metrics (Triton,
+  MLServer) read into the estimator's work totals and the controller's samples.
 
 Local building blocks: :mod:`server_agent.plugins` (business health plugins
 from ``--plugin-dir``), :mod:`server_agent.capacity` and
@@ -17,8 +19,10 @@ from ``--plugin-dir``), :mod:`server_agent.capacity` and
 (registration phases as a pure table).
 
 The process shell only drives them: :mod:`server_agent.agent` (the run loop
-and the drain -> wait -> deregister shutdown), :mod:`server_agent.server_io`
-(status reads, plugin predicts, probe handlers for the pod's server),
+and the drain -> wait -> deregister shutdown), :mod:`server_agent.frontend`
+(what differs by the server's protocol), :mod:`server_agent.server_io`
+(wei-serve: status reads, plugin predicts, probe handlers),
+:mod:`server_agent.oip_io` (the same for any Open Inference Protocol server),
 :mod:`server_agent.http` (/healthz /readyz /startupz /livez /metrics /status
 /drain), :mod:`server_agent.cli`
 (``wei-agent run|probe|drain|manifest``) and :mod:`server_agent.manifest`

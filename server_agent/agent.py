@@ -7,15 +7,16 @@ Lifecycle of the process (staged, idempotent, observable via :attr:`Agent.view`)
     probes even while ZooKeeper is down), start the run loop.
 run loop
     run due probes serially (the engine's clock is injected), poll the
-    server's ``/status`` and ``/metrics`` every ``status_poll_s``, ask
+    server every ``status_poll_s`` (:mod:`server_agent.frontend`: wei-serve's
+    ``/status`` and ``/metrics``, or an OIP server's gRPC and metrics), ask
     :class:`~server_agent.lifecycle.Lifecycle` for a transition and make the
     write it names through :class:`registry.publisher.Publisher` (which
     survives session loss); publish the weight only when the controller says so.
 ``request_shutdown()`` (SIGTERM, or ``GET /drain`` from the preStop hook)
     1. drain: ``enabled: false``, weight 0 -- clients stop picking the pod;
     2. wait ``drain_wait_s`` so every client has seen it;
-    3. wait until the server's in-flight count (``/status``) is 0, up to
-       ``in_flight_timeout_s``;
+    3. wait until the server's in-flight count (its ``/status`` or metrics) is 0,
+       up to ``in_flight_timeout_s``;
     4. deregister (delete the node), close the session.
 ``force()`` (a second signal) cuts the waits short; deregistration is still tried.
 
@@ -44,13 +45,14 @@ from registry.zk import connect
 
 from .capacity import CapacityReport, calibrate, detect_capacity
 from .config import AgentConfig
-from .errors import CalibrationError
+from .errors import CalibrationError, DiscoveryError
 from .estimator import CapacityEstimator
+from .frontend import batch_timer, make_handlers, make_reader
 from .k8s import pod_info_from_api, pod_info_from_env
 from .lifecycle import Lifecycle, Move, Transition
 from .probes import ProbeEngine, ProbeKind, ProbeState
 from .probes.result import Handler
-from .server_io import ServerReading, build_handlers, grpc_batch_timer, read_server
+from .server_io import Reading
 from .view import AgentView
 from .weight import WeightController
 
@@ -75,7 +77,8 @@ class Agent:
         self.config = config
         self._clock = clock
         self._capacity = capacity
-        self._handlers = dict(handlers) if handlers is not None else build_handlers(config)
+        self._reader = make_reader(config)
+        self._handlers = dict(handlers) if handlers is not None else make_handlers(config, self._reader)
         self._zk = zk_client
         self._owns_zk = zk_client is None
         self._session: SessionMonitor | None = None  # the registry state; restarts a client ZooKeeper refuses
@@ -84,7 +87,7 @@ class Agent:
         self._ctl: WeightController | None = None
         self._estimator: CapacityEstimator | None = None
         self._engine: ProbeEngine | None = None
-        self._reading: ServerReading | None = None
+        self._reading: Reading | None = None
         self._counts: Counter[tuple[str, bool]] = Counter()
         self._shutdown = threading.Event()
         self._force = threading.Event()
@@ -97,6 +100,7 @@ class Agent:
         self.clean = False  # the shutdown sequence deregistered without being forced
         self.shutdown_requested_at: float | None = None
         self.deregistered_at: float | None = None
+        self.fatal: str | None = None  # why the loop stopped on a configuration mistake (the CLI says it, exits 2)
 
     # -- stages -------------------------------------------------------------------------
 
@@ -127,8 +131,8 @@ class Agent:
             self._publish_view(now)
             self._thread = threading.Thread(target=self._run, name="wei-agent", daemon=True)
             self._thread.start()
-        log.info("agent %s/%s: probing %s, capacity %s (score %g)", cfg.service, cfg.instance_id, cfg.target,
-                 self._capacity.capacity, self._capacity.score)
+        log.info("agent %s/%s: probing %s (%s), capacity %s (score %g)", cfg.service, cfg.instance_id, cfg.target,
+                 cfg.protocol, self._capacity.capacity, self._capacity.score)
         return self
 
     def request_shutdown(self) -> None:
@@ -213,8 +217,9 @@ class Agent:
                 self._publish_view(now)
                 self._shutdown.wait(max(0.0, wake - self._clock()))
             self._shutdown_sequence()
-        except Exception:
-            log.exception("agent loop failed; deregistering")
+        except Exception as e:
+            self.fatal = str(e) if isinstance(e, DiscoveryError) else None  # a configuration mistake: no traceback
+            log.error("agent %s: %s", cfg.instance_id, self.fatal or "loop failed", exc_info=self.fatal is None)
             self._force.set()
             self._shutdown_sequence()
         finally:
@@ -222,11 +227,11 @@ class Agent:
             self._done.set()
 
     def _poll(self, now: float) -> None:
-        reading = read_server(self.config.status_url, timeout=min(1.0, self.config.status_poll_s))
+        reading = self._reader.read(timeout=min(1.0, self.config.status_poll_s))
         if reading.problem and reading.problem != (self._reading.problem if self._reading else None):
             log.warning("agent %s: %s", self.config.instance_id, reading.problem)
         self._reading = reading
-        if reading.status is not None:  # unreadable status: no evidence either way, hold the weight
+        if reading.reachable:  # unreadable status: no evidence either way, hold the weight
             assert self._ctl is not None and self._estimator is not None
             self._ctl.set_capacity_score(self._estimator.observe(reading.work()))
             self._ctl.observe(reading.sample(), now)
@@ -242,14 +247,14 @@ class Agent:
         assert engine is not None and ctl is not None
         routable = engine.snapshot().routable
         why = self._why()
-        if routable and not self._life.phase.registered and self.config.status_url is not None:
+        if routable and not self._life.phase.registered and self._reader.lists_models:
             # The record must name the models the server has loaded: a record without them
             # is one no client may route to. Read them now rather than at the next poll.
             if not (self._reading is not None and self._reading.models):
                 self._poll(now)
                 polled = True
             if not (self._reading is not None and self._reading.models):
-                routable, why = False, "the server's status lists no loaded model yet"
+                routable, why = False, "the server lists no loaded model yet"
         t = self._life.step(routable=routable, ramping=ctl.ramp(now) < 1.0, why=why)
         if t is not None:
             self._transition(t, now)
@@ -303,7 +308,7 @@ class Agent:
         cfg, cap = self.config, self._capacity
         assert cfg.calibration is not None and cap is not None and self._ctl is not None
         try:
-            model, measure = grpc_batch_timer(cfg.target, cfg.calibrate_model, timeout=30.0)
+            model, measure = batch_timer(cfg, sorted((self._reading.models if self._reading else None) or cfg.models))
             result = calibrate(measure, cfg.calibration)
         except (RuntimeError, CalibrationError) as e:
             log.warning("agent %s: calibration failed, keeping the prior: %s", cfg.instance_id, e)
@@ -330,7 +335,7 @@ class Agent:
         return InstanceRecord(service=cfg.service, id=cfg.instance_id, address=cfg.address, port=cfg.port,
                               weight=weight, capacity=cap.capacity, state=State.WARMING,
                               zone=cfg.zone or cap.pod.zone, node=cfg.node or cap.pod.node_name,
-                              models=models, labels=cfg.labels)
+                              models=models, labels=cfg.labels, protocol=cfg.protocol)
 
     # -- shutdown ---------------------------------------------------------------------------
 
@@ -358,18 +363,17 @@ class Agent:
         log.info("agent %s: deregistered%s", cfg.instance_id, "" if self.clean else " (forced or unconfirmed)")
 
     def _wait_idle(self) -> None:
-        """Wait for the server's in-flight count to reach 0 (unknown counts as 0: nothing to wait on)."""
+        """Wait for the server's in-flight count to reach 0; unknown is 0 or the whole timeout, as the reader says."""
         deadline = self._clock() + self.config.in_flight_timeout_s
         while not self._force.is_set():
-            reading = read_server(self.config.status_url, timeout=0.5, metrics=False)
-            n = reading.in_flight
-            if not n:
+            n = self._reader.in_flight(timeout=0.5)
+            if n == 0 or (n is None and self._reader.idle_when_unknown):
                 return
             if self._clock() >= deadline:
-                log.warning("agent %s: %d requests still in flight after %gs; deregistering anyway",
-                            self.config.instance_id, n, self.config.in_flight_timeout_s)
+                log.warning("agent %s: %s requests in flight after %gs; deregistering anyway", self.config.instance_id,
+                            "unknown" if n is None else n, self.config.in_flight_timeout_s)
                 return
-            self._force.wait(0.05)
+            self._force.wait(0.05 if n is not None else min(0.5, max(0.0, deadline - self._clock())))
 
     # -- the view ----------------------------------------------------------------------------
 

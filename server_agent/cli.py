@@ -2,6 +2,8 @@
 
     wei-agent run --zk HOSTS --service NAME --target HOST:PORT [--status-url URL]
                   [--plugin-dir DIR] [--http-port PORT] [--instance-id ID] [--address ADDR] [--zone Z] ...
+    wei-agent run --protocol oip --target HOST:PORT [--model NAME ...] [--metrics-url URL] ...
+                                                                   # any Open Inference Protocol server
     wei-agent probe readiness|liveness|startup [--agent-url URL]   # for exec probes: exit 0 or 1 + reason
     wei-agent drain [--agent-url URL]                              # for the preStop exec hook (loopback)
     wei-agent manifest [--name N] [--image I] ...                  # a Deployment as YAML
@@ -31,6 +33,9 @@ from registry.cli_args import advertised_port, bind_port, integer, number
 PROG = "wei-agent"
 DEFAULT_AGENT_URL = "http://127.0.0.1:8510"
 DEFAULT_CONTROL_URL = "http://127.0.0.1:8511"  # /drain: served on loopback only
+DEFAULT_STATUS_URL = "http://127.0.0.1:8502"  # wei-serve's status port
+DEFAULT_METRICS_URL = "http://127.0.0.1:8002/metrics"  # Triton's; MLServer's is :8082/metrics
+PROTOCOLS = ("weiserving", "oip")
 
 
 class UsageError(Exception):
@@ -56,6 +61,12 @@ def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
     return out
 
 
+def _protocol(text: str) -> str:
+    if text not in PROTOCOLS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(PROTOCOLS)}, got {text!r}")
+    return text
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="probe the model server and publish it to ZooKeeper")
     a = r.add_argument
@@ -66,8 +77,18 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     a("--service", default=_env("WEI_SERVICE"), help="service name (WEI_SERVICE)")
     a("--target", default=_env("WEI_TARGET", "127.0.0.1:8500"), metavar="HOST:PORT",
       help="the model server's gRPC endpoint (WEI_TARGET, default 127.0.0.1:8500)")
-    a("--status-url", default=_env("WEI_STATUS_URL", "http://127.0.0.1:8502"), metavar="URL",
-      help="the server's status endpoint, 'none' to disable (WEI_STATUS_URL, default http://127.0.0.1:8502)")
+    a("--protocol", type=_protocol, default=_env("WEI_PROTOCOL", "weiserving"), metavar="{weiserving,oip}",
+      help="what the server speaks: weiserving (wei-serve, read through --status-url) or oip (any Open Inference "
+           "Protocol server: Triton, KServe, MLServer; probed over OIP gRPC) (WEI_PROTOCOL, default weiserving)")
+    a("--status-url", metavar="URL",
+      help=f"wei-serve's status endpoint, 'none' to disable; weiserving only (WEI_STATUS_URL, default "
+           f"{DEFAULT_STATUS_URL})")
+    a("--model", action="append", default=[], metavar="NAME",
+      help="oip: a model the server serves (repeatable; WEI_MODELS, comma-separated); default: the server's "
+           "repository index (Triton, MLServer)")
+    a("--metrics-url", metavar="URL",
+      help=f"oip: the server's Prometheus metrics, 'none' if it has none (WEI_METRICS_URL, default "
+           f"{DEFAULT_METRICS_URL}, Triton's; MLServer's is :8082/metrics)")
     a("--plugin-dir", type=Path, default=_env("WEI_PLUGIN_DIR"), metavar="DIR",
       help="business health plugins (WEI_PLUGIN_DIR)")
     a("--plugin-param", action="append", default=[], metavar="KEY=VALUE", help="a parameter for every plugin")
@@ -158,8 +179,9 @@ def build_config(args: argparse.Namespace):  # -> AgentConfig (imports kept lazy
             except ValueError:
                 raise UsageError(f"--calibrate-batch-sizes {args.calibrate_batch_sizes!r}: expected N,N,...") from None
         extra.update(calibration=CalibrationConfig(**sizes), calibrate_model=args.calibrate_model)
-    status_url = None if (args.status_url or "").lower() in ("", "none") else args.status_url
+    protocol, status_url, metrics_url, models = _server_flags(args)
     return AgentConfig(
+        protocol=protocol, models=models, metrics_url=metrics_url,
         service=args.service, target=args.target, address=args.address, port=args.port, zone=args.zone,
         node=args.node, labels=_pairs(args.label, "--label"), status_url=status_url, plugins=plugins,
         http_host=args.http_host, http_port=args.http_port, drain_endpoint=not args.no_drain_endpoint,
@@ -168,6 +190,27 @@ def build_config(args: argparse.Namespace):  # -> AgentConfig (imports kept lazy
         in_flight_timeout_s=args.in_flight_timeout_s,
         zk=ZkSettings(hosts=args.zk, root=args.zk_root, auth=args.zk_auth, session_timeout_s=args.session_timeout_s),
         **probes, **extra)
+
+
+def _none(url: str) -> str | None:
+    return None if url.strip().lower() in ("", "none") else url
+
+
+def _server_flags(args: argparse.Namespace) -> tuple[str, str | None, str | None, tuple[str, ...]]:
+    """(protocol, status URL, metrics URL, models); a flag of the other protocol is a usage error.
+    Environment defaults of the other protocol are ignored (a pod's env may carry both)."""
+    if args.protocol == "oip":
+        if args.status_url is not None:
+            raise UsageError("--status-url is wei-serve's status endpoint; with --protocol oip use --metrics-url "
+                             "for the server's Prometheus metrics")
+        models = tuple(args.model) or tuple(m.strip() for m in (_env("WEI_MODELS") or "").split(",") if m.strip())
+        metrics = args.metrics_url if args.metrics_url is not None else _env("WEI_METRICS_URL", DEFAULT_METRICS_URL)
+        return "oip", None, _none(metrics or ""), models
+    for flag, value in (("--model", args.model), ("--metrics-url", args.metrics_url)):
+        if value:
+            raise UsageError(f"{flag} is for --protocol oip; wei-serve's models and metrics come from --status-url")
+    status = args.status_url if args.status_url is not None else _env("WEI_STATUS_URL", DEFAULT_STATUS_URL)
+    return "weiserving", _none(status or ""), None, ()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -205,12 +248,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     agent.start()
-    print(f"{PROG}: {config.service}/{config.instance_id} probing {config.target}; endpoints {http.url} "
+    print(f"{PROG}: {config.service}/{config.instance_id} probing {config.target} ({config.protocol}); "
+          f"endpoints {http.url} "
           f"(/healthz /readyz /metrics /status), /drain on {http.control_url or 'the token'}", flush=True)
     while not agent.wait(0.5):  # wake so the signal handlers run on the main thread
         pass
     http.close()
     agent.close()
+    if agent.fatal is not None:
+        return fail(agent.fatal)
     print(f"{PROG}: deregistered, bye" if agent.clean else f"{PROG}: stopped (forced)", file=sys.stderr,
           flush=True)
     return 0 if agent.clean else 1

@@ -112,7 +112,7 @@ def agent_status(view: AgentView, now: float) -> dict[str, Any]:
                      "measured_samples_per_s": view.estimator.value, "prior_samples_per_s": view.estimator.prior,
                      "confidence": view.estimator.confidence, "evidence_s": view.estimator.evidence_s,
                      "notes": list(view.capacity.notes)},
-        "server": {"in_flight": srv.in_flight if srv else None, "reachable": bool(srv and srv.status is not None),
+        "server": {"in_flight": srv.in_flight if srv else None, "reachable": bool(srv and srv.reachable),
                    "problem": srv.problem if srv else None},
         "zookeeper": {"connected": view.zk_connected, "writes": view.zk_writes,
                       "state": str(reg.state) if reg else None, "detail": reg.detail if reg else None,

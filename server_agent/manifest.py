@@ -16,6 +16,13 @@ request fails:
 3. The model server gets SIGTERM only after its hook returned: nobody routes
    to it any more and nothing is in flight, so its own drain is instant.
 
+``protocol`` ``oip`` has the agent front the server over the Open Inference
+Protocol (``WEI_PROTOCOL=oip``): clients then talk OIP to the pod. wei-serve
+serves it on the same port but has no repository index, so the models are
+named (``models``, ``WEI_MODELS``) and its metrics are read from its status
+port (``WEI_METRICS_URL``); a server image that is Triton or MLServer would
+point that at its own metrics port.
+
 ``terminationGracePeriodSeconds`` covers all of it: the agent's shutdown
 budget (drain wait + in-flight limit + 10 s for the write) plus the server's
 grace period plus 5 s margin.
@@ -54,6 +61,16 @@ class ManifestConfig:
     drain_wait_s: float = 5.0
     in_flight_timeout_s: float = 20.0
     probe_style: str = "http"  # or "exec": `wei-agent probe ...` in the agent container
+    protocol: str = "weiserving"  # or "oip": the agent fronts the server over OIP (needs models)
+    models: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("weiserving", "oip"):
+            raise ValueError(f"protocol: expected weiserving or oip, got {self.protocol!r}")
+        if self.protocol == "oip" and not self.models:
+            raise ValueError("protocol oip needs the models (--model NAME): wei-serve lists none over OIP")
+        if self.protocol != "oip" and self.models:
+            raise ValueError("models are for protocol oip (wei-serve's status lists its models)")
 
     @property
     def grace_period_s(self) -> int:
@@ -83,6 +100,13 @@ def _exec_probe(kind: str, period: int, failures: int) -> Any:
 
     return k.V1Probe(_exec=k.V1ExecAction(command=["wei-agent", "probe", kind]), period_seconds=period,
                      failure_threshold=failures, timeout_seconds=5)
+
+
+def _server_env(cfg: ManifestConfig) -> list[Any]:
+    if cfg.protocol == "oip":
+        return [_env("WEI_PROTOCOL", "oip"), _env("WEI_MODELS", ",".join(cfg.models)),
+                _env("WEI_METRICS_URL", f"http://127.0.0.1:{cfg.status_port}/metrics")]
+    return [_env("WEI_STATUS_URL", f"http://127.0.0.1:{cfg.status_port}")]
 
 
 def deployment(cfg: ManifestConfig) -> Any:
@@ -118,7 +142,7 @@ def deployment(cfg: ManifestConfig) -> Any:
         name="agent", image=cfg.agent_image, command=["wei-agent"], args=agent_args,
         env=[_env("WEI_ZK", cfg.zk), _env("WEI_SERVICE", cfg.service),
              _env("WEI_TARGET", f"127.0.0.1:{cfg.grpc_port}"),
-             _env("WEI_STATUS_URL", f"http://127.0.0.1:{cfg.status_port}"),
+             *_server_env(cfg),
              _env("WEI_PLUGIN_DIR", "/health-plugins"), _env("WEI_HTTP_PORT", str(cfg.agent_port)),
              _env("WEI_CONTROL_PORT", str(cfg.control_port)),
              _env("WEI_POD_NAME", field="metadata.name"), _env("WEI_POD_NAMESPACE", field="metadata.namespace"),
@@ -177,12 +201,21 @@ def add_manifest_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--in-flight-timeout-s", type=float, default=d.in_flight_timeout_s)
     m.add_argument("--probe-style", choices=("http", "exec"), default=d.probe_style,
                    help="http: httpGet on the agent (default); exec: `wei-agent probe` in the agent container")
+    m.add_argument("--protocol", choices=("weiserving", "oip"), default=d.protocol,
+                   help="oip: the agent fronts the server over the Open Inference Protocol (needs --model)")
+    m.add_argument("--model", dest="models", action="append", default=[], metavar="NAME",
+                   help="with --protocol oip: a model the server serves (repeatable)")
     m.set_defaults(func=cmd_manifest)
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    cfg = ManifestConfig(**{f.name: getattr(args, f.name) for f in fields(ManifestConfig)})
+    values = {f.name: getattr(args, f.name) for f in fields(ManifestConfig)}
+    try:
+        cfg = ManifestConfig(**{**values, "models": tuple(values["models"])})
+    except ValueError as e:  # one line, exit 2, as every wei-agent usage error
+        sys.stderr.write(f"wei-agent: error: {e}\n")
+        return 2
     sys.stdout.write(render(cfg))
     return 0

@@ -60,18 +60,12 @@ class Family:
 
 def busy_ratio(view: AgentView) -> float | None:
     """The busiest model's busy fraction over the server's window; None when unknown."""
-    doc = view.server.status if view.server is not None else None
-    return doc.busiest_fraction() if doc is not None else None
+    return view.server.busy_fraction() if view.server is not None else None
 
 
 def queue_delay_seconds(view: AgentView) -> float | None:
     """The worst model's queue delay (0 for a model whose window saw no request); None when unknown."""
-    doc = view.server.status if view.server is not None else None
-    if doc is None:
-        return None
-    known = [0.0 if m.window.requests_per_s == 0 else m.batching.queue_delay_ms / 1000
-             for m in doc.models.values() if m.batching.queue_delay_ms is not None]
-    return max(known) if known else None
+    return view.server.queue_delay_s() if view.server is not None else None
 
 
 def _one(read: Callable[[AgentView], float | None]) -> Callable[[AgentView, Info], Samples]:

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from protocol.status import StatusDoc, StatusError
@@ -25,7 +25,8 @@ from .probes.grpc_health import GrpcHandler
 from .probes.result import Handler, Timer
 from .weight import ServerSample
 
-__all__ = ["AllOf", "ServerReading", "build_handlers", "grpc_batch_timer", "grpc_predict", "read_server"]
+__all__ = ["AllOf", "Reader", "Reading", "ServerReading", "StatusReader", "build_handlers", "grpc_batch_timer",
+           "grpc_predict", "read_server"]
 
 SERVER_ERROR_CODES = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
                                 "DATA_LOSS"})
@@ -73,8 +74,25 @@ class ServerReading:
     problem: str | None = None
 
     @property
+    def reachable(self) -> bool:
+        """The server answered with a status we could read (else: no evidence, hold)."""
+        return self.status is not None
+
+    @property
     def in_flight(self) -> int | None:
         return self.status.in_flight if self.status is not None else None
+
+    def busy_fraction(self) -> float | None:
+        """The busiest model's busy fraction over the server's window; None when unknown."""
+        return self.status.busiest_fraction() if self.status is not None else None
+
+    def queue_delay_s(self) -> float | None:
+        """The worst model's queue delay (0 for a model whose window saw no request); None when unknown."""
+        if self.status is None:
+            return None
+        known = [0.0 if m.window.requests_per_s == 0 else m.batching.queue_delay_ms / 1000
+                 for m in self.status.models.values() if m.batching.queue_delay_ms is not None]
+        return max(known) if known else None
 
     @property
     def models(self) -> dict[str, list[int]] | None:
@@ -122,6 +140,62 @@ def read_server(status_url: str | None, *, timeout: float = 1.0, metrics: bool =
         counts = parse_request_counts(text.decode("utf-8", "replace")) if text is not None else None
     requests, errors = counts if counts is not None else (None, None)
     return ServerReading(doc, requests, errors)
+
+
+class Reading(Protocol):
+    """What the agent's loop reads of one poll, whatever the server speaks: :class:`ServerReading`
+    (wei-serve's ``/status``) or :class:`server_agent.oip_io.OipReading` (an OIP server)."""
+
+    @property
+    def reachable(self) -> bool: ...
+    @property
+    def problem(self) -> str | None: ...
+    @property
+    def models(self) -> dict[str, list[int]] | None: ...
+    @property
+    def in_flight(self) -> int | None: ...
+    @property
+    def requests(self) -> int | None: ...
+    def work(self) -> WorkTotals | None: ...
+    def sample(self) -> ServerSample: ...
+    def busy_fraction(self) -> float | None: ...
+    def queue_delay_s(self) -> float | None: ...
+
+
+class Reader(Protocol):
+    """Polls the model server (``read``) and, while draining, counts what it still has (``in_flight``).
+
+    ``lists_models``: a record may be written only once a reading names a model.
+    ``idle_when_unknown``: an unknown in-flight count ends the drain wait (else the
+    agent waits its whole ``in_flight_timeout_s``)."""
+
+    lists_models: bool
+    idle_when_unknown: bool
+
+    def read(self, timeout: float = 1.0, *, metrics: bool = True) -> Reading: ...
+    def in_flight(self, timeout: float = 0.5) -> int | None: ...
+
+
+class StatusReader:
+    """wei-serve's: ``/status`` and ``/metrics`` under ``status_url`` (None: nothing to read).
+
+    Unknown in-flight counts as idle: wei-serve drains itself on SIGTERM, and with no
+    ``status_url`` there is nothing that could ever say otherwise."""
+
+    idle_when_unknown = True
+
+    def __init__(self, status_url: str | None) -> None:
+        self.status_url = status_url
+        self.lists_models = status_url is not None
+
+    def read(self, timeout: float = 1.0, *, metrics: bool = True) -> ServerReading:
+        return read_server(self.status_url, timeout=timeout, metrics=metrics)
+
+    def in_flight(self, timeout: float = 0.5) -> int | None:
+        return read_server(self.status_url, timeout=timeout, metrics=False).in_flight
+
+    def __repr__(self) -> str:
+        return f"<StatusReader {self.status_url}>"
 
 
 def grpc_predict(target: str, timeout: float) -> Callable[[str, Mapping[str, Any]], Mapping[str, Any]]:

@@ -15,7 +15,7 @@ from .capacity import CapacityReport
 from .estimator import CapacityEstimator
 from .lifecycle import Phase
 from .probes import EngineStatus, ProbeKind
-from .server_io import ServerReading
+from .server_io import Reading
 from .weight import Health
 
 __all__ = ["AgentView"]
@@ -34,7 +34,7 @@ class AgentView:
     health_factor: float  # the health the weight is computed with (integrator x smoothed factors)
     ramp: float
     estimator: CapacityEstimator  # read-only here: the loop owns it
-    server: ServerReading | None
+    server: Reading | None
     zk_connected: bool
     zk_writes: int
     weight_publishes: int

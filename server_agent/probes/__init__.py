@@ -1,6 +1,7 @@
 """Probes with Kubernetes semantics: handlers that do one check, and a pure engine.
 
-``GrpcHandler`` is imported from :mod:`server_agent.probes.grpc_health` (it loads grpc).
+``GrpcHandler`` is imported from :mod:`server_agent.probes.grpc_health` and the OIP handlers
+from :mod:`server_agent.probes.oip` (both load grpc).
 """
 
 from ..config import ProbeSpec
