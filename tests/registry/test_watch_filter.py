@@ -163,3 +163,24 @@ def test_without_a_filter_every_member_is_watched(zk, make_client, zk_ensemble, 
         assert watcher.watched == {f"p{i:03d}" for i in range(30)} - {"p002"}
     finally:
         watcher.close()
+
+
+def test_a_storm_of_joins_is_listed_at_most_once_per_relist_delay(zk, make_client):
+    """150 pods join back to back: the watcher lists the children at most once per ``relist_delay_s``
+    (plus the first list), however often the children watch fires, and still sees every pod."""
+    paths = RegistryPaths()
+    zk.ensure_path(paths.service("ctr"))
+    delay = 0.2
+    watcher = MembershipWatcher(make_client(), "ctr", config=WatcherConfig(recovery=None, relist_delay_s=delay))
+    watcher.start(timeout=10)
+    try:
+        listed0, t0 = watcher.stats.relists, watcher._clock()
+        for i in range(150):
+            zk.create(paths.instance("ctr", f"p{i:03d}"), encode_instance(record(i)), ephemeral=True)
+        watcher.wait_for(lambda s: len(s) == 150, timeout=30)
+        elapsed = watcher._clock() - t0
+        lists = watcher.stats.relists - listed0
+        assert watcher.stats.child_events >= lists >= 1
+        assert lists <= 1 + elapsed / delay, (lists, elapsed)
+    finally:
+        watcher.close()
