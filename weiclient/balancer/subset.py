@@ -149,9 +149,15 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
+@lru_cache(maxsize=1 << 17)
+def _score(client: int, name: str) -> int:
+    return _mix(client ^ id_hash(name))
+
+
 def rendezvous(client: int, ids: Iterable[str], k: int) -> list[str]:
-    """The ``k`` ids of highest score for ``client`` (a 64-bit hash), best first."""
-    return nlargest(k, ids, key=lambda i: _mix(client ^ id_hash(i)))
+    """The ``k`` ids of highest score for ``client`` (a 64-bit hash), best first. Scores are
+    cached: a client scores the same members on every membership change."""
+    return nlargest(k, ids, key=lambda i: _score(client, i))
 
 
 def aperture(offset: float, ids: Sequence[str], k: int) -> dict[str, float]:

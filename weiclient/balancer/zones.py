@@ -94,20 +94,17 @@ class ZonePlan:
         return dict(self.shares).get(zone, 0.0)
 
 
-def _registered(r: InstanceRecord) -> float:
-    return r.capacity.samples_per_s or r.weight
-
-
 def zone_plan(local: str | None, records: Iterable[InstanceRecord], config: ZoneConfig) -> ZonePlan | None:
     """The plan for a client in zone ``local`` over the service's ``records``; None: ignore zones."""
     if not config.enabled or not local:
         return None
     cur: dict[str, float] = {}
     reg: dict[str, float] = {}
-    for r in records:
-        reg[r.zone] = reg.get(r.zone, 0.0) + _registered(r)
+    for r in records:  # every client, every membership change: kept lean
+        z, w = r.zone, r.weight
+        reg[z] = reg.get(z, 0.0) + (r.capacity.samples_per_s or w)
         if r.routable:
-            cur[r.zone] = cur.get(r.zone, 0.0) + r.weight
+            cur[z] = cur.get(z, 0.0) + w
     total_cur, total_reg = math.fsum(cur.values()), math.fsum(reg.values())
     if local not in reg or total_cur <= 0.0:
         return None
