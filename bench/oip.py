@@ -11,6 +11,12 @@ order, four ways to make the same call:
     OIP gRPC, stub:   protocol.oip encode  -> inference ModelInfer  -> protocol.oip decode
     OIP gRPC, triton: tritonclient.grpc InferInput/infer/as_numpy (the official client)
     OIP REST, triton: tritonclient.http, binary tensors
+    WeiClient, msgpack: WeiClient.predict over a registry record that says weiserving
+    WeiClient, OIP:     WeiClient.predict over a record of the same pod that says oip
+
+The two WeiClient ways (a one-node ZooKeeper of this run's own, ``--no-weiclient``
+to skip) price what a ranking service pays to talk OIP to a mixed fleet's
+third-party pods: the same client, balancer and retries, another codec.
 
 The stub and tritonclient send the same bytes, so stub vs msgpack is the
 protocol's cost (protobuf on both sides) and tritonclient vs stub the client
@@ -29,8 +35,10 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -82,6 +90,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=300, help="calls per way and model")
     ap.add_argument("--no-tf", action="store_true", help="skip the Wide&Deep model")
+    ap.add_argument("--no-weiclient", action="store_true", help="skip the WeiClient ways (they start a ZooKeeper)")
     args = ap.parse_args()
     console = Console()
     models = Path(tempfile.mkdtemp(prefix="wei-bench-oip-")) / "models"
@@ -95,12 +104,12 @@ def main() -> int:
     rng = np.random.default_rng(0)
     inputs = {"dense": rng.random((ROWS, 13), dtype=np.float32),
               "sparse": rng.integers(0, 10_000, (ROWS, 26), dtype=np.int64)}
-    try:
+    with ExitStack() as stack:
+        stack.callback(server.wait, timeout=30)
+        stack.callback(server.terminate)
         grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=120)
-        results = {name: measure(port, status_port, name, inputs, args.calls, console) for name in names}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        clients = {} if args.no_weiclient else stack.enter_context(weiclients(port, names, console))
+        results = {name: measure(port, status_port, name, inputs, args.calls, console, clients) for name in names}
     report(results, console)
     codec_table(inputs, console)
     return 0
@@ -117,7 +126,34 @@ def export_ctr(models: Path, console: Console) -> bool:
     return True
 
 
-def ways(port: int, status_port: int) -> tuple[dict[str, Call], Callable[[], None]]:
+@contextmanager
+def weiclients(port: int, names: list[str], console: Console) -> Iterator[dict[str, Any]]:
+    """A one-node ZooKeeper, the pod registered twice (one record per protocol), a WeiClient for each."""
+    from kazoo.client import KazooClient
+
+    from registry.records import InstanceRecord, Protocol, State, encode_instance
+    from registry.testing import ZooKeeperEnsemble
+    from registry.zk import RegistryPaths
+    from weiclient import ClientConfig, WeiClient
+
+    with console.status("starting ZooKeeper for the WeiClient ways ..."), ExitStack() as stack:
+        zk = stack.enter_context(ZooKeeperEnsemble(1))
+        kz = KazooClient(hosts=zk.hosts)
+        kz.start(timeout=30)
+        stack.callback(kz.close)
+        stack.callback(kz.stop)
+        paths, clients = RegistryPaths(), {}
+        for protocol in Protocol:
+            service = f"bench-{protocol.value}"
+            rec = InstanceRecord(service=service, id="pod-0", address="127.0.0.1", port=port, weight=1.0,
+                                 state=State.SERVING, models=dict.fromkeys(names, [1]), protocol=protocol)
+            kz.create(paths.instance(service, rec.id), encode_instance(rec), ephemeral=True, makepath=True)
+            client = clients[protocol.value] = WeiClient(zk.hosts, service, config=ClientConfig(metrics=False))
+            stack.callback(client.close)
+        yield clients
+
+
+def ways(port: int, status_port: int, clients: dict[str, Any]) -> tuple[dict[str, Call], Callable[[], None]]:
     import tritonclient.grpc as tg
     import tritonclient.http as th
 
@@ -149,14 +185,23 @@ def ways(port: int, status_port: int) -> tuple[dict[str, Call], Callable[[], Non
         thc.close()
         channel.close()
 
-    return {"msgpack": msgpack_call, "OIP gRPC, stub": stub_call,
-            "OIP gRPC, tritonclient": triton_call(tg, tgc, client_timeout=10),
-            "OIP REST, tritonclient": triton_call(th, thc)}, close
+    def weiclient_call(client) -> Call:  # noqa: ANN001
+        def call(model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+            return client.predict(model, inputs, timeout=10)["ctr"]
+        return call
+
+    found = {"msgpack": msgpack_call, "OIP gRPC, stub": stub_call,
+             "OIP gRPC, tritonclient": triton_call(tg, tgc, client_timeout=10),
+             "OIP REST, tritonclient": triton_call(th, thc)}
+    if clients:
+        found["WeiClient, msgpack"] = weiclient_call(clients["weiserving"])
+        found["WeiClient, OIP"] = weiclient_call(clients["oip"])
+    return found, close
 
 
 def measure(port: int, status_port: int, model: str, inputs: dict[str, np.ndarray], calls: int,
-            console: Console) -> dict[str, list[float]]:
-    calls_by_way, close = ways(port, status_port)
+            console: Console, clients: dict[str, Any]) -> dict[str, list[float]]:
+    calls_by_way, close = ways(port, status_port, clients)
     order = list(calls_by_way)
     times: dict[str, list[float]] = {w: [] for w in order}
     try:
