@@ -64,6 +64,7 @@ from .errors import (
     RequestFailed,
     RequestTooLarge,
 )
+from .inputs import MsgpackBody
 from .oip import OipRequest
 from .retry import RetryPolicy, RetryState, StopAfterAttempt, StopAtDeadline
 
@@ -135,7 +136,7 @@ class Plan:
 
     model: str
     version: int | None
-    payload: bytes
+    payload: bytes | MsgpackBody        # the weiserving.v1 body, or one encoded on first use
     deadline: float
     key: object = None
     also: tuple[ModelVersion, ...] = ()  # predict_many: further models the instance must host
@@ -143,6 +144,11 @@ class Plan:
     rows: int = 1                        # the call's cost in rows (batch size), for load accounting
     priority: str = "default"            # one of protocol.wire.PRIORITIES, sent as wei-priority
     oip: OipRequest | None = None        # the body for an OIP pod, built on first use (None: predict_many)
+
+    def msgpack(self) -> bytes:
+        """The ``weiserving.v1`` request's bytes (encoded now if not yet)."""
+        p = self.payload
+        return p if isinstance(p, bytes) else p.body()
 
 
 # -- events in ------------------------------------------------------------------------------------------

@@ -315,12 +315,13 @@ class WeiClient:
     def _plan(self, model: str, version: int | None, arrays: dict[str, np.ndarray], outputs: list[str] | None,
               deadline: float, key: object, priority: str, first: Any = None) -> Plan:
         max_bytes = self.config.channel.max_message_bytes
-        payload = args.encode(wire.PredictRequest(model=model, version=version, inputs=arrays, outputs=outputs),
-                              max_bytes)
+        # Each body is encoded by the first attempt that needs it: a fleet of one protocol encodes once.
+        payload = args.MsgpackBody(wire.PredictRequest(model=model, version=version, inputs=arrays, outputs=outputs),
+                                   max_bytes)
         self._fleet.record(args.rows(arrays), self._clock())
         return Plan(model=model, version=version, payload=payload, deadline=deadline, key=key, first=first,
                     rows=max(1, args.rows(arrays)), priority=priority,
-                    oip=OipRequest(model, version, arrays, outputs, max_bytes))  # encoded if an OIP pod is picked
+                    oip=OipRequest(model, version, arrays, outputs, max_bytes))
 
     def _many_plan(self, models: Mapping[str, int | None], inputs: Mapping[str, Any],
                    outputs: list[str] | None, timeout: float | None, key: object, priority: str) -> Plan:

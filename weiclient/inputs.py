@@ -109,6 +109,25 @@ def encode(req: wire.PredictRequest, max_bytes: int) -> bytes:
     return payload
 
 
+class MsgpackBody:
+    """A plan's ``weiserving.v1`` body, encoded by the first attempt that goes to a msgpack pod and
+    kept for the later ones: a call that meets only OIP pods never encodes it (its OIP twin is
+    :class:`weiclient.oip.OipRequest`). Raises what :func:`encode` raises, before anything is sent."""
+
+    __slots__ = ("_body", "max_bytes", "request")
+
+    def __init__(self, request: wire.PredictRequest, max_bytes: int) -> None:
+        self.request = request
+        self.max_bytes = max_bytes
+        self._body: bytes | None = None
+
+    def body(self) -> bytes:
+        body = self._body
+        if body is None:  # two threads racing here build equal bytes; either may stay
+            body = self._body = encode(self.request, self.max_bytes)
+        return body
+
+
 def rows(arrays: Mapping[str, np.ndarray]) -> int:
     """The batch size the inputs agree on (0 when they do not, or are scalars): a call's cost in rows."""
     sizes = {a.shape[0] if a.ndim else 0 for a in arrays.values()}

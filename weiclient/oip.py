@@ -7,11 +7,11 @@ balancer, the attempt controller and the drivers treat it as any other
 endpoint; only the bytes of an attempt differ (:mod:`weiclient.transport`):
 
 - the request: a ``ModelInferRequest`` with every input in
-  ``raw_input_contents`` (what tritonclient sends). A plan's msgpack payload
-  is encoded before the pick, as always; its OIP body
-  (:class:`OipRequest`) is encoded on the first attempt that goes to an OIP
-  pod and kept for the plan's later attempts, so a call that only meets
-  msgpack pods pays for nothing but one small object;
+  ``raw_input_contents`` (what tritonclient sends). Each of a plan's two
+  bodies (:class:`OipRequest`, :class:`weiclient.inputs.MsgpackBody`) is
+  encoded by the first attempt that goes to a pod of its protocol and kept for
+  the plan's later attempts, so a call that meets pods of one protocol
+  encodes once and pays for nothing more than one small object;
 - the answer becomes the :class:`protocol.wire.PredictResponse` the msgpack
   path returns (:func:`decode_response`); one that does not parse, or names
   another model, is :data:`~weiclient.attempts.MALFORMED`, as a bad msgpack

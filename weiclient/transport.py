@@ -179,7 +179,7 @@ class Transport:
         whether the call opens the channel). An OIP body is built first: if the plan's inputs cannot
         be sent that way (a caller's error) it raises before anything is counted."""
         oip = ep.record.protocol is _OIP  # a multi-model plan has no OIP body: Candidates.view keeps it off OIP pods
-        body = plan.oip.body() if oip else plan.payload  # type: ignore[union-attr]
+        body = plan.oip.body() if oip else plan.msgpack()  # type: ignore[union-attr]
         self._balancer().on_start(ep, self._clock(), cost=plan.rows)
         conn = pool.get(ep.address)
         return conn.infer if oip else conn.predict, body, pool.first_call(ep.address)
