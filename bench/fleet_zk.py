@@ -20,18 +20,31 @@ every delivery, and of the time until all clients had it), and the same
 during a rolling restart of ``--restart`` pods. Capacity is measured first:
 the reads per second and CPU the ensemble gives a saturating reader here.
 
+Then, before any pod starts, the ensemble's CPU per operation (the sum over
+its JVMs, from /proc, net of its idle CPU), each kind in its own phase with
+nothing else running: getData of a record-sized node (the capacity phase),
+getChildren of 1,000 pod-named children, setData and create + delete by
+pipelining writers, getData one in flight per session from 200 sessions,
+and a watch notification (those sessions watch one node and re-read it with
+a watch whenever it changes, as our watcher does; the node is set 60 times).
+The sequence runs 3 times; medians are kept. They go to
+``bench/out/zk_costs.json``, where bench/fleet_sim.py reads them
+(``--only-costs``: this part alone, ~1.5 min on 2 cores).
+
     .venv/bin/python bench/fleet_zk.py                   # 1,000 pods, 200 clients (~5 min on 2 cores)
     .venv/bin/python bench/fleet_zk.py --pods 300 --clients 50 --restart 100 --restart-s 20   # quick
+    .venv/bin/python bench/fleet_zk.py --only-costs      # bench/out/zk_costs.json for bench/fleet_sim.py
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import sys
 import threading
 import time
-from multiprocessing import Pipe, Process
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,51 +54,17 @@ from rich.table import Table  # noqa: E402
 
 from bench.fleet_zk_parts import (  # noqa: E402
     Arm,
+    Procs,
     client_main,
+    measure_costs,
     pct,
     pod_main,
     saturate,
 )
 from registry.testing import ZooKeeperEnsemble, ZooKeeperSettings  # noqa: E402
+from registry.testing.process import four_letter_word  # noqa: E402
 
-console = Console()
-
-
-class Procs:
-    """Child processes, each on a pipe that answers each command with one reply."""
-
-    def __init__(self, target, args_list):
-        self.pipes, self.procs = [], []
-        for args in args_list:
-            ours, theirs = Pipe()
-            p = Process(target=target, args=(theirs, *args), daemon=True)
-            p.start()
-            self.pipes.append(ours)
-            self.procs.append(p)
-
-    def ask(self, *cmd, timeout: float = 600.0):
-        for pipe in self.pipes:
-            pipe.send(cmd)
-        out = []
-        for pipe in self.pipes:
-            if not pipe.poll(timeout):
-                raise TimeoutError(f"no answer to {cmd[0]} within {timeout}s")
-            reply = pipe.recv()
-            if isinstance(reply, BaseException):
-                raise reply
-            out.append(reply)
-        return out
-
-    def stop(self):
-        for pipe in self.pipes:
-            try:
-                pipe.send(("stop",))
-            except OSError:
-                pass
-        for p in self.procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
+console = Console(width=160)
 
 
 def cpu_s(pids) -> float:
@@ -245,9 +224,82 @@ def report(results: dict, cap: dict, args) -> None:
     row("  join -> a client p50 / p99", lambda r: pp(r["restart_join"][0]))
     row("  join -> all clients p50 / p99", lambda r: pp(r["restart_join"][1]))
     console.print(t)
-    console.print(f"read capacity: {cap['reads_per_s']:.0f} reads/s of a 700-byte node to {3} pipelining reader "
-                  f"processes, nothing else running; the ensemble used {cap['cores']:.2f} cores (the readers, in "
-                  "Python, had the rest): a lower bound of its capacity, so the % above is an upper bound")
+    console.print(f"read capacity: {cap['reads_per_s']:.0f} reads/s of a {cap['record_bytes']}-byte node to 3 "
+                  f"pipelining reader processes, nothing else running; the ensemble used {cap['cores']:.2f} cores "
+                  "(the readers, in Python, had the rest): a lower bound of its capacity, so the % above is an "
+                  "upper bound")
+
+
+COSTS_OUT = Path(__file__).resolve().parent / "out" / "zk_costs.json"
+PHASES = {  # phase -> (one operation, how it was driven)
+    "get_data": ("getData, record-sized node", "3 sessions pipelining (+ the capacity phase's figure)"),
+    "get_data_unbatched": ("getData, unbatched", "one in flight per watching session, all at once"),
+    "get_children": ("getChildren, 1,000 names", "3 sessions pipelining; pod-named children"),
+    "set_data": ("setData, record-sized node", "3 sessions pipelining, each its own node"),
+    "create_delete": ("create or delete", "3 sessions pipelining create + delete pairs"),
+    "watched_set": ("setData of a watched node", "one at a time, each once every watcher re-armed; "
+                    "+ its notifications and re-reads"),
+}
+
+
+METHOD = {
+    "get_data_us": "median us/op of the pipelined getData phases (the capacity phase's among them)",
+    "get_children_us": "median us/op of the pipelined getChildren phases",
+    "write_us": "median us/op of the pipelined setData phases (create_delete: median_us, not used)",
+    "notify_us": "per_notified less get_data_us, medians: per_notified = (the watched setData phase's CPU "
+                 "less write_us per write) / notifications, each notification followed by its re-read; so "
+                 "notify_us + get_data_us is what was measured, the split between them is not",
+}
+
+
+def rounded(x):
+    """Floats to 3 decimals, through dicts, lists and tuples (the JSON is read by people too)."""
+    if isinstance(x, float):
+        return round(x, 3)
+    if isinstance(x, dict):
+        return {k: rounded(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [rounded(v) for v in x]
+    return x
+
+
+def zk_version(zk: ZooKeeperEnsemble) -> str:
+    first = four_letter_word(zk.members[0].client_port, "srvr").splitlines()[0]
+    return first.partition(":")[2].split(",")[0].split("-")[0].strip()
+
+
+def costs(zk: ZooKeeperEnsemble, cap: dict, args, load_before: tuple[float, ...]) -> dict:
+    """Measure the per-operation costs, write them to ``args.costs_out`` with the machine's facts, print them."""
+    got = measure_costs(zk, jvm_cpu, cap, seconds=args.cost_s, watchers=args.cost_watchers,
+                        watcher_procs=args.cost_watcher_procs, rounds=args.cost_rounds, repeats=args.cost_repeats)
+    doc = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+           "by": "bench/fleet_zk.py", "cores": os.cpu_count(), "load_avg_before": load_before,
+           "load_avg_after": os.getloadavg(), "zookeeper": zk_version(zk),
+           "ensemble": f"{zk.size} JVMs on this machine, -XX:TieredStopAtLevel=1 -XX:+UseSerialGC (the test harness)",
+           "method": METHOD, **got}
+    args.costs_out.parent.mkdir(parents=True, exist_ok=True)
+    args.costs_out.write_text(json.dumps(rounded(doc), indent=2) + "\n")
+    t = Table(title=f"ZooKeeper {doc['zookeeper']}: ensemble CPU per operation (sum of its {zk.size} JVMs, /proc, "
+                    f"net of idle), median of {len(got['repeats'])} repeats; {doc['cores']} cores, load average "
+                    f"{load_before[0]:.2f} before / {doc['load_avg_after'][0]:.2f} after")
+    for col in ("operation", "how", "operations", "ops/s", "CPU s", "us / op", "range"):
+        t.add_column(col, justify="left" if col in ("operation", "how") else "right")
+    med, rng = got["median_us"], got["range_us"]
+    for name, (what, how) in PHASES.items():
+        phs = [r["phases"][name] for r in got["repeats"]]
+        ops, secs, cpu = (sum(ph[k] for ph in phs) for k in ("ops", "s", "net_cpu_s"))
+        t.add_row(what, how, f"{ops:,}", f"{ops / secs:,.0f}", f"{cpu:.2f}", f"{med[name]:,.1f}",
+                  f"{rng[name][0]:,.1f} - {rng[name][1]:,.1f}")
+    console.print(t)
+    c, (lo, hi) = got["costs_us"], rng["per_notified"]
+    console.print(f"per notified watcher (its notification and re-read; the write taken out): "
+                  f"{med['per_notified']:.1f} us ({lo:.1f} - {hi:.1f}); less a pipelined getData: notify "
+                  f"{med['notify']:.1f} us, less an unbatched one: {med['notify_after_unbatched']:.1f} us; "
+                  f"idle {got['idle_cores']:.3f} cores")
+    console.print("for fleet_sim: " + ", ".join(f"{k} {v:.1f}" for k, v in c.items()) + f" -> {args.costs_out}")
+    for note in got["notes"]:
+        console.print(f"[yellow]note: {note}")
+    return doc
 
 
 def main() -> None:
@@ -266,13 +318,24 @@ def main() -> None:
     ap.add_argument("--ramp-s", type=float, default=20.0)
     ap.add_argument("--capacity-s", type=float, default=5.0)
     ap.add_argument("--arms", default="all,subset")
+    ap.add_argument("--only-costs", action="store_true", help="measure the per-operation costs alone (~1.5 min)")
+    ap.add_argument("--costs-out", type=Path, default=COSTS_OUT)
+    ap.add_argument("--cost-s", type=float, default=2.5, help="seconds of each pipelined cost phase")
+    ap.add_argument("--cost-repeats", type=int, default=3, help="the cost phases' repeats (medians are kept)")
+    ap.add_argument("--cost-watchers", type=int, default=200, help="sessions watching one node")
+    ap.add_argument("--cost-watcher-procs", type=int, default=4)
+    ap.add_argument("--cost-rounds", type=int, default=60, help="setData of the watched node, per repeat")
     args = ap.parse_args()
     arms = {"all": Arm("all", None, 0.0), "subset": Arm("subset", args.subset, args.ramp_s / 4)}
 
     settings = ZooKeeperSettings(heap_mb=1024, max_session_ticks=150)
+    load_before = os.getloadavg()
     with ZooKeeperEnsemble(3, settings=settings) as zk:
         cap = saturate(zk, args.capacity_s, jvm_cpu)
         console.print(f"ensemble up; capacity {cap['reads_per_s']:.0f} reads/s at {cap['cores']:.2f} cores")
+        costs(zk, cap, args, load_before)
+        if args.only_costs:
+            return
         per = args.pods // args.pod_procs
         pods = Procs(pod_main, [(zk.hosts, i * per, per, args.sessions) for i in range(args.pod_procs)])
         try:
