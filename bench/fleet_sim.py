@@ -16,7 +16,12 @@ offsets, aperture with evenly spread offsets (Finagle's deterministic
 aperture, which needs every client's coordinate). Then churn (one pod leaves,
 one joins: how many clients' subsets change), zone spill (40 % of one
 zone's pods drain) and ZooKeeper watches and notifications, extrapolated
-from per-operation costs (``ZK_COSTS``: plug the real ensemble's figures in).
+from per-operation costs: the ensemble CPU per notification, getData,
+getChildren and write that bench/fleet_zk.py measured on a real 3-node
+ensemble (``--zk-costs``, default ``bench/out/zk_costs.json``; make it with
+``bench/fleet_zk.py --only-costs``). Without that file the assumed defaults
+of ``ZK_COSTS`` are used and the report says so; ``--notify-us`` and the
+other per-cost flags override either.
 
     python bench/fleet_sim.py                       # ~3 min on 2 cores
     python bench/fleet_sim.py --clients 2000 --plots bench/out
@@ -25,6 +30,7 @@ from per-operation costs (``ZK_COSTS``: plug the real ensemble's figures in).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import statistics
@@ -48,8 +54,10 @@ CLASSES = ((2000.0, 0.4), (4000.0, 0.3), (8000.0, 0.2), (16000.0, 0.1))
 ZONES = ("z1", "z2", "z3")
 UTILISATION = 0.7  # the fleet's mean load / capacity
 
-# ZooKeeper per-operation costs, ensemble CPU microseconds. DEFAULTS, NOT MEASURED: replace them
-# with the real ensemble's figures (issue 11, part 2) here or by the flags of the same names.
+# ZooKeeper per-operation costs, ensemble CPU microseconds (summed over its servers). ASSUMED, NOT
+# MEASURED: used only when --zk-costs (bench/fleet_zk.py's measurement, bench/out/zk_costs.json) is
+# missing; the flags of the same names override both.
+ZK_COSTS_FILE = Path(__file__).resolve().parent / "out" / "zk_costs.json"
 ZK_COSTS = {
     "notify_us": 5.0,            # one watch notification sent to one client
     "get_data_us": 20.0,         # one getData (a client re-reading a member after its watch fired)
@@ -171,8 +179,28 @@ def weight_writes(rng: random.Random, pods: int = 30, minutes: int = 30) -> tupl
     return steady / (pods * minutes * 60.0), float(writes)
 
 
+def zk_costs(path: Path, overrides: dict[str, float | None]) -> tuple[dict[str, float], str, str]:
+    """The per-operation costs, where they come from (a title's words) and the details: ``path``
+    (bench/fleet_zk.py's JSON) if it exists, else the assumed ``ZK_COSTS``; then any flag given."""
+    costs = dict(ZK_COSTS)
+    if path.is_file():
+        doc = json.loads(path.read_text())
+        costs.update({k: float(doc["costs_us"][k]) for k in ZK_COSTS})
+        source = f"measured by bench/fleet_zk.py on {doc['date'][:10]}"
+        detail = (f"{doc.get('cores', '?')} cores, load average {doc['load_avg_before'][0]:.2f} before, "
+                  f"ZooKeeper {doc.get('zookeeper', '?')}; {path}")
+    else:
+        source = "ASSUMED (the defaults in ZK_COSTS), NOT measured"
+        detail = f"{path} missing: make it with bench/fleet_zk.py --only-costs"
+    given = {k: v for k, v in overrides.items() if v is not None}
+    costs.update(given)
+    if given:
+        source += "; overridden by flags: " + ", ".join(given)
+    return costs, source, detail
+
+
 def zk_figures(arm, base_watches_per_pod: float, writes_s: float, restart_writes: float, n_pods: int,
-               n_clients: int, args) -> dict[str, float]:
+               n_clients: int, args, costs: dict[str, float]) -> dict[str, float]:
     """Notifications/s and ensemble CPU, steady and during a rolling restart, from per-op costs."""
     watchers = base_watches_per_pod  # clients with a data watch on a given pod (mean)
     steady_notify = n_pods * writes_s * watchers
@@ -180,10 +208,11 @@ def zk_figures(arm, base_watches_per_pod: float, writes_s: float, restart_writes
     per_restart_data = (2 + restart_writes) * watchers  # drain write, delete, then register + ramp writes
     per_restart_children = 2 * n_clients                  # the pod leaves, then comes back
     roll_notify = steady_notify + rate * (per_restart_data + per_restart_children)
-    cpu_steady = (steady_notify * (args.notify_us + args.get_data_us) + n_pods * writes_s * args.write_us) / 1e6
-    cpu_roll = cpu_steady + rate * (per_restart_data * (args.notify_us + args.get_data_us)
-                                    + per_restart_children * (args.notify_us + args.get_children_us)
-                                    + (3 + restart_writes) * args.write_us) / 1e6
+    c = costs
+    cpu_steady = (steady_notify * (c["notify_us"] + c["get_data_us"]) + n_pods * writes_s * c["write_us"]) / 1e6
+    cpu_roll = cpu_steady + rate * (per_restart_data * (c["notify_us"] + c["get_data_us"])
+                                    + per_restart_children * (c["notify_us"] + c["get_children_us"])
+                                    + (3 + restart_writes) * c["write_us"]) / 1e6
     return {"steady": steady_notify, "rolling": roll_notify, "cpu_steady": cpu_steady, "cpu_rolling": cpu_roll}
 
 
@@ -215,8 +244,11 @@ def main() -> None:
     ap.add_argument("--churn-sample", type=int, default=2000)
     ap.add_argument("--restart-batch", type=int, default=25, help="pods restarted at once (rolling update)")
     ap.add_argument("--restart-pod-s", type=float, default=90.0, help="seconds one pod takes to restart")
+    ap.add_argument("--zk-costs", type=Path, default=ZK_COSTS_FILE,
+                    help="bench/fleet_zk.py's measured per-operation costs (default: bench/out/zk_costs.json)")
     for k, v in ZK_COSTS.items():
-        ap.add_argument(f"--{k.replace('_', '-')}", dest=k, type=float, default=v)
+        ap.add_argument(f"--{k.replace('_', '-')}", dest=k, type=float, default=None,
+                        help=f"override (assumed default {v:g})")
     ap.add_argument("--plots", type=Path, default=None, help="write fleet_sim.png there")
     args = ap.parse_args()
     console = Console(width=170)
@@ -268,16 +300,19 @@ def main() -> None:
     console.print(z)
 
     writes_s, restart_writes = weight_writes(rng)
-    k = Table(title="ZooKeeper: watches and notifications (per-op costs: ZK_COSTS / flags, NOT yet measured)")
+    costs, source, detail = zk_costs(args.zk_costs, {k: getattr(args, k) for k in ZK_COSTS})
+    k = Table(title=f"ZooKeeper: watches and notifications (per-op costs {source})")
     for col in ("arm", "watches", "watchers/pod", "notif/s steady", "notif/s rolling restart",
                 "ensemble CPU steady", "rolling"):
         k.add_column(col, justify="right" if col != "arm" else "left")
     for a in arms[:2]:
         per_pod = (a["watches"] - 2 * args.clients) / args.pods
-        zk = zk_figures(a, per_pod, writes_s, restart_writes, args.pods, args.clients, args)
+        zk = zk_figures(a, per_pod, writes_s, restart_writes, args.pods, args.clients, args, costs)
         k.add_row(a["name"], f"{a['watches']:,}", f"{per_pod:,.0f}", f"{zk['steady']:,.0f}", f"{zk['rolling']:,.0f}",
                   f"{zk['cpu_steady']:.2f} cores", f"{zk['cpu_rolling']:.2f} cores")
     console.print(k)
+    console.print("ZooKeeper per-op costs, ensemble CPU us: " + ", ".join(f"{q} {v:.1f}" for q, v in costs.items())
+                  + f" ({source}; {detail})")
     console.print(f"weight writes: {writes_s * 60:.2f}/min per pod in steady state, {restart_writes:.0f} per restart "
                   f"(real WeightController, 5 s polls); rolling restart: {args.restart_batch} pods at a time, "
                   f"{args.restart_pod_s:g} s each; {time.monotonic() - t0:.0f} s")
