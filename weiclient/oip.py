@@ -44,14 +44,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from protocol import wire
-from protocol.oip import pb
 from protocol.oip.infer import (
-    InferResponse,
     decode_infer_response,
     encode_infer_request,
     format_version,
-    parse_message,
-    parse_version,
 )
 
 from .errors import InvalidInput, RequestTooLarge
@@ -108,29 +104,12 @@ def decode_response(body: bytes, model: str, version: int | None) -> wire.Predic
     """A ModelInferResponse as the msgpack path's answer to a call of ``model`` at ``version``;
     raises :class:`~protocol.wire.WireError` when it is malformed or names another model."""
     try:
-        resp = decode_infer_response(body)
-    except (ValueError, TypeError, OverflowError) as e:  # WireError is a ValueError; numpy's own too
-        resp = _unversioned(body, e)
+        resp = decode_infer_response(body, any_version=True)  # MLServer's "v1": the version asked for
+    except wire.WireError:
+        raise
+    except (ValueError, TypeError, OverflowError) as e:  # numpy's own, on a buffer that does not fit
+        raise wire.WireError(f"malformed ModelInferResponse: {e}") from None
     if resp.model and resp.model != model:
         raise wire.WireError(f"ModelInferResponse for model {resp.model[:64]!r}, asked for {model!r}")
     answered = resp.version if resp.version is not None else version
     return wire.PredictResponse(results={model: wire.ModelResult(version=answered or 0, outputs=resp.outputs)})
-
-
-def _unversioned(body: bytes, error: Exception) -> InferResponse:
-    """A reply refused only for a version that is not an integer, read without it (parsed again:
-    only such servers pay for it); any other fault is ``error``, as a :class:`~protocol.wire.WireError`."""
-    malformed = error if isinstance(error, wire.WireError) else wire.WireError(f"malformed ModelInferResponse: {error}")
-    try:
-        msg = parse_message(pb.ModelInferResponse, body, "ModelInferResponse")
-    except wire.WireError:
-        raise malformed from None
-    try:
-        parse_version(msg.model_version)
-    except wire.WireError:
-        msg.model_version = ""
-        try:
-            return decode_infer_response(msg.SerializeToString())
-        except (ValueError, TypeError, OverflowError) as e:
-            raise wire.WireError(f"malformed ModelInferResponse: {e}") from None
-    raise malformed  # the version was not the fault

@@ -135,8 +135,10 @@ def encode_infer_request(model: str, inputs: Mapping[str, np.ndarray], *, versio
     return req.SerializeToString()
 
 
-def decode_infer_response(data: bytes, limits: Limits = DEFAULT_LIMITS) -> InferResponse:
-    """The client side: raw or typed output data, as the server chose."""
+def decode_infer_response(data: bytes, limits: Limits = DEFAULT_LIMITS, *,
+                          any_version: bool = False) -> InferResponse:
+    """The client side: raw or typed output data, as the server chose. ``any_version``: a
+    version that is not an integer (MLServer allows ``"v1"``) reads as None instead of an error."""
     resp = parse_message(pb.ModelInferResponse, data, "ModelInferResponse", limits)
     raw = resp.raw_output_contents
     if raw and len(raw) != len(resp.outputs):
@@ -144,5 +146,14 @@ def decode_infer_response(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Infer
     outputs = {t.name: from_raw(t.name, t.datatype, t.shape, raw[i], limits) if raw
                else from_contents(t.name, t.datatype, t.shape, t.contents, limits)
                for i, t in enumerate(resp.outputs)}
-    return InferResponse(model=resp.model_name, version=parse_version(resp.model_version), outputs=outputs,
+    return InferResponse(model=resp.model_name, version=_version(resp.model_version, any_version), outputs=outputs,
                          id=resp.id)
+
+
+def _version(text: str, any_version: bool) -> int | None:
+    try:
+        return parse_version(text)
+    except WireError:
+        if any_version:
+            return None
+        raise

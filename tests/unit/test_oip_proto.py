@@ -181,3 +181,14 @@ def test_rest_json_and_binary_inputs_and_outputs():
 def test_rest_bodies_that_do_not_parse_say_why(body, match):
     with pytest.raises(WireError, match=match):
         rest.decode_infer("m", None, body, None)
+
+
+def test_a_response_version_that_is_not_an_integer_is_refused_unless_any_version():
+    from protocol.oip import pb
+    from protocol.oip.infer import decode_infer_response
+    from protocol.tensor import WireError
+
+    body = pb.ModelInferResponse(model_name="m", model_version="v1").SerializeToString()
+    with pytest.raises(WireError, match="non-negative integer"):
+        decode_infer_response(body)
+    assert decode_infer_response(body, any_version=True).version is None
