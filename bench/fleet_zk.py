@@ -1,16 +1,18 @@
-"""Fleet scale on one real 3-node ZooKeeper ensemble (issue 11, parts 2, 4 and 5).
+"""Fleet scale on one real 3-node ZooKeeper ensemble.
 
 1,000 pods registered by real :class:`~registry.publisher.Publisher` sessions
 (several processes, several sessions each, addresses nothing answers on) and
-200 real clients (each its own session with a MembershipWatcher and a
-ConfigWatcher, what WeiClient opens; several processes). Two arms, one after
-the other on the same pods:
+200 real WeiClients (each its own session, watchers, balancer and
+housekeeping thread, no metrics export; several processes; zones off). Two
+arms, one after the other on the same pods:
 
-- ``all``: today's client, a data watch on every member, and today's ramp
-  cadence (a write whenever the weight moved 10 % at a 5 s poll);
-- ``subset``: a watch filter keeping the client's rendezvous subset of
-  ``--subset`` members, and the publisher's minimum write interval of
-  ``ramp_s / 4`` (the agent's setting).
+- ``all``: subsetting off (``SubsetConfig(enabled=False)``): a data watch on
+  every member, and the old ramp cadence (a write whenever the weight moved
+  10 % at a 5 s poll);
+- ``subset``: the client's rendezvous subset of ``--subset`` members
+  (``SubsetConfig(size=...)``; the watch filter is the client's own), and
+  the publisher's minimum write interval of ``ramp_s / 4`` (the agent's
+  setting).
 
 For each arm it measures the watches per client (the servers' ``wchc``, plus
 ``mntr``'s total for the children watches), notifications and reads per
@@ -52,15 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench.fleet_zk_parts import (  # noqa: E402
-    Arm,
-    Procs,
-    client_main,
-    measure_costs,
-    pct,
-    pod_main,
-    saturate,
-)
+from bench.fleet_zk_costs import measure_costs, saturate  # noqa: E402
+from bench.fleet_zk_parts import Arm, Procs, client_main, pct, pod_main  # noqa: E402
 from registry.testing import ZooKeeperEnsemble, ZooKeeperSettings  # noqa: E402
 from registry.testing.process import four_letter_word  # noqa: E402
 
@@ -319,6 +314,7 @@ def main() -> None:
     ap.add_argument("--capacity-s", type=float, default=5.0)
     ap.add_argument("--arms", default="all,subset")
     ap.add_argument("--only-costs", action="store_true", help="measure the per-operation costs alone (~1.5 min)")
+    ap.add_argument("--no-costs", action="store_true", help="skip the per-operation costs (keep the last file)")
     ap.add_argument("--costs-out", type=Path, default=COSTS_OUT)
     ap.add_argument("--cost-s", type=float, default=2.5, help="seconds of each pipelined cost phase")
     ap.add_argument("--cost-repeats", type=int, default=3, help="the cost phases' repeats (medians are kept)")
@@ -333,7 +329,8 @@ def main() -> None:
     with ZooKeeperEnsemble(3, settings=settings) as zk:
         cap = saturate(zk, args.capacity_s, jvm_cpu)
         console.print(f"ensemble up; capacity {cap['reads_per_s']:.0f} reads/s at {cap['cores']:.2f} cores")
-        costs(zk, cap, args, load_before)
+        if not args.no_costs:
+            costs(zk, cap, args, load_before)
         if args.only_costs:
             return
         per = args.pods // args.pod_procs
