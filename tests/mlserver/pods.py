@@ -13,23 +13,33 @@ early). :meth:`~MLServerPod.kill` (SIGKILL) and :meth:`~MLServerPod.stop` (SIGTE
 after ``grace_s``) are idempotent. Ports come from binding port 0 and closing: another process can
 take one before MLServer binds it, so a start that dies on "address already in use" retries with
 fresh ports.
+
+:class:`OipAgent` is the sidecar a pod gets in production: the ``wei-agent run --protocol oip``
+command line as a process, probing the pod over OIP gRPC and publishing its record (protocol
+``oip``) to ZooKeeper. :func:`client_conftest` loads tests/client/conftest.py, whose ``MODEL`` and
+``Cluster`` are the wei-serve side of a mixed fleet.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import grpc
 
 from protocol.oip import METHODS, pb
+from registry.zk import ZkSettings
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -37,7 +47,8 @@ MLSERVER = REPO / ".venv-mlserver" / "bin" / "mlserver"
 TEMPLATE = HERE / "model_repo"
 RUNTIME = "ident_runtime.py"
 
-__all__ = ["MLSERVER", "MLServerPod", "MLServerStartError", "PodSpec", "available", "free_ports"]
+__all__ = ["AGENT_FLAGS", "MLSERVER", "MLServerPod", "MLServerStartError", "OipAgent", "PodSpec", "available",
+           "client_conftest", "free_ports"]
 
 
 # Polled before the server listens, a channel backs off (1 s, then 1.6x) and would see the port open
@@ -250,3 +261,97 @@ class MLServerPod:
             state = f"pid {self._proc.pid} " + ("running" if self.running else f"exited {self._proc.returncode}")
         return (f"MLServerPod(who={self.spec.who}, models={list(self.spec.models)}, grpc={self.grpc_port}, "
                 f"http={self.http_port}, metrics={self.metrics_port}, {state})")
+
+
+# A test pod's agent: probes every 0.2 s, so a dead pod is drained after two failed readiness probes;
+# no slow start (the record turns SERVING at its full weight, cores x 1,000, at once); a short drain.
+# The in-flight wait is short on purpose: the agent reads MLServer's in-flight count as gRPC ModelInfer
+# started - handled, and MLServer never counts a refused call handled, so after one the count never
+# returns to 0 and every drain waits the whole --in-flight-timeout-s (20 s by default).
+AGENT_FLAGS: Mapping[str, str] = {
+    "--cpu-cores": "2", "--ramp-s": "0", "--startup-period-s": "0.2", "--readiness-period-s": "0.2",
+    "--readiness-failure-threshold": "2", "--readiness-timeout-s": "1", "--liveness-period-s": "1",
+    "--status-poll-s": "1", "--drain-wait-s": "0.5", "--in-flight-timeout-s": "1", "--log-level": "INFO"}
+
+
+@dataclass(eq=False)
+class OipAgent:
+    """``wei-agent run --protocol oip`` in front of ``pod``, as a process of our venv (log:
+    ``agent-<id>.log`` in the pod's directory). ``flags`` replace :data:`AGENT_FLAGS` entries.
+    :meth:`start` returns once it runs, not once it registered: wait on the registry for that.
+    :meth:`stop` (SIGTERM: drain, deregister, exit; SIGKILL after ``grace_s``) is idempotent;
+    :meth:`terminate` only sends the SIGTERM."""
+
+    pod: MLServerPod
+    zk: ZkSettings
+    instance_id: str
+    flags: Mapping[str, str] = field(default_factory=dict)
+    service: str = "ctr"
+    _proc: subprocess.Popen | None = field(default=None, repr=False)
+    _terminated: bool = field(default=False, repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.pod.root / f"agent-{self.instance_id}.log"
+
+    def argv(self) -> list[str]:
+        models = [arg for model in self.pod.spec.models for arg in ("--model", model)]
+        flags = [arg for item in {**AGENT_FLAGS, **self.flags}.items() for arg in item]
+        return [sys.executable, "-m", "server_agent.cli", "run", "--protocol", "oip", "--target", self.pod.address,
+                *models, "--metrics-url", f"http://127.0.0.1:{self.pod.metrics_port}/metrics",
+                "--zk", self.zk.hosts, "--zk-root", self.zk.root, "--session-timeout-s", str(self.zk.session_timeout_s),
+                "--service", self.service, "--instance-id", self.instance_id, "--address", "127.0.0.1",
+                "--http-host", "127.0.0.1", "--http-port", "0", *flags]
+
+    def start(self) -> OipAgent:
+        assert self._proc is None, "an agent starts once"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "GRPC_VERBOSITY": "ERROR"}
+        for name in [k for k in env if k.startswith("WEI_")]:   # every flag has a WEI_* default: ours only
+            del env[name]
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(self.argv(), cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT)
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting (several agents drain at once); once: a second one forces the agent."""
+        if self.running and not self._terminated:
+            assert self._proc is not None
+            self._terminated = True
+            self._proc.send_signal(signal.SIGTERM)
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        if not self.running:
+            return
+        assert self._proc is not None
+        self.terminate()
+        try:
+            self._proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def __repr__(self) -> str:
+        state = "never started" if self._proc is None else (
+            f"pid {self._proc.pid} " + ("running" if self.running else f"exited {self._proc.returncode}"))
+        return f"OipAgent({self.instance_id} -> {self.pod.address}, {state})"
+
+
+def client_conftest() -> ModuleType:
+    """tests/client/conftest.py as a module of its own (its ``MODEL`` and ``Cluster``): fixtures of
+    another folder are not visible here, and tests/ has no packages."""
+    spec = importlib.util.spec_from_file_location("client_conftest", REPO / "tests" / "client" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
