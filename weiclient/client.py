@@ -180,7 +180,8 @@ class WeiClient:
         while not self._stop.wait(period):
             try:
                 with self._lock:  # the subset follows this client's peak load
-                    if self._fleet.resize(self._balancer, tuple(self._watcher.snapshot), self._clock()):
+                    # the snapshot (iterates its records): capacity is read once per version
+                    if self._fleet.resize(self._balancer, self._watcher.snapshot, self._clock()):
                         self._fleet.refilter(self._watcher)
                 self._transport.reap()
             except Exception:  # the thread must outlive one bad reap

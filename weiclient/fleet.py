@@ -45,6 +45,7 @@ class Fleet:
                                     zone=zone if self.locality is not None else None) if sc.enabled else None)
         self.meter = RateMeter(sc.peak_window_s)
         self._filter: Callable[[Mapping[str, InstanceRecord]], Collection[str]] | None = None
+        self._capacity: tuple[object, float | None] = (None, None)  # (the records it was read from, it)
 
     def balancer(self, policy: Policy | None, *, rng: random.Random, service: str) -> Balancer:
         return Balancer(policy, rng=rng, service=service, subset=self.subsetter, locality=self.locality)
@@ -54,8 +55,14 @@ class Fleet:
         self.meter.add(rows, now)
 
     def wanted(self, records: Collection[InstanceRecord], now: float) -> int:
-        """The subset size this client's peak load asks for now."""
-        capacity = pod_capacity(r for r in records if r.routable)
+        """The subset size this client's peak load asks for now. Asked every second: the pods'
+        mean capacity is read again only when ``records`` is another object (a new snapshot)."""
+        if self.config.subset.size is not None:
+            return self.config.subset.size
+        seen, capacity = self._capacity
+        if seen is not records:
+            capacity = pod_capacity(r for r in records if r.routable)
+            self._capacity = (records, capacity)
         return subset_size(self.config.subset, self.meter.peak(now), capacity)
 
     def resize(self, balancer: Balancer, records: Collection[InstanceRecord], now: float) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from registry.membership import snapshot_from_records
 from registry.records import Capacity, InstanceRecord, State
 from weiclient.balancer import Balancer, RateMeter, SubsetConfig, Subsetter, build_policy
-from weiclient.balancer.subset import aperture, next_size, pod_capacity, rendezvous, subset_size
+from weiclient.balancer.subset import aperture, id_hash, next_size, pod_capacity, rendezvous, subset_size
 from weiclient.errors import InvalidBalancerConfig, NoEndpointAvailable, Unavailable
 
 
@@ -187,3 +187,29 @@ def test_a_policy_switch_keeps_the_subset():
     b.resize(15, now=1.0)
     nxt = b.with_policy(build_policy("round_robin"))
     assert nxt.subset_size == 15 and nxt.candidates is b.candidates
+
+
+def test_the_kept_answer_and_scores_give_what_a_fresh_rendezvous_gives_through_churn():
+    """A Subsetter keeps its last answer (asked twice per membership change) and its scores:
+    through 300 random joins, leaves and weight changes, its choice is always the fresh top k."""
+    rng = random.Random(3)
+    s, fresh = subsetter(7, size=10), subsetter(7, size=10)
+    live = {r.id: r for r in FLEET}
+    nxt = len(FLEET)
+    for _ in range(300):
+        op = rng.random()
+        if op < 0.4:
+            r = rec(nxt)
+            nxt += 1
+            live[r.id] = r
+        elif op < 0.8 and len(live) > 12:
+            live.pop(rng.choice(sorted(live)))
+        else:
+            i = rng.choice(sorted(live))
+            live[i] = live[i].with_changes(weight=rng.choice([1.0, 2.0, 4.0]))
+        records = list(live.values())
+        got = s.choose(records, 10)
+        assert got == s.choose(reversed(records), 10)  # another container of the same records: kept
+        assert got == fresh._choose(records, 10)
+        assert set(got) == set(rendezvous(id_hash("c7"), [r.id for r in records], 10))
+    assert len(s._scores) <= 2 * len(live) + 1024

@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 import random
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from registry.membership import MembershipSnapshot
 from registry.records import InstanceRecord, State
@@ -125,20 +125,24 @@ class Balancer:
         with self._lock:
             prev = self._candidates
             self._snapshot = snapshot
-            chosen = self.subset.choose(snapshot.instances.values(), self._size) if self.subset else None
+            records = snapshot.instances.values()
+            chosen = self.subset.choose(records, self._size) if self.subset else None
             was_routable = {ep.key for ep in prev.endpoints}
             ramp = self._met_members
             states: dict[EndpointKey, EndpointState] = {}
-            endpoints, outside = [], []
-            for rec in snapshot.instances.values():
+            endpoints: list[Endpoint] = []
+            outside: list[InstanceRecord] = []
+            members: Iterable[InstanceRecord] = records
+            if chosen is not None:  # every client, every change: the loop below runs over the subset only
+                members = [r for r in records if r.id in chosen]
+                outside = [r for r in records if r.routable and r.id not in chosen]
+                for key, st in prev.states.items():  # a fallback endpoint's load survives, so does a former member's
+                    r = snapshot.instances.get(key[0])
+                    if key[0] not in chosen and r is not None and r.endpoint == key[1]:
+                        states[key] = st
+            for rec in members:
                 key = (rec.id, rec.endpoint)
                 st = prev.states.get(key)
-                if chosen is not None and rec.id not in chosen:
-                    if st is not None:
-                        states[key] = st  # a fallback endpoint's load survives, and so does a former member's
-                    if rec.routable:
-                        outside.append(rec)
-                    continue
                 if st is None:
                     st = EndpointState(key, ramp_start=None, registration_ms=rec.registration_time_ms)
                 st.registration_ms = rec.registration_time_ms

@@ -69,10 +69,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from hashlib import blake2b
 from heapq import nlargest
+from typing import Any
 
 from registry.records import InstanceRecord
 
@@ -149,15 +150,10 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
-@lru_cache(maxsize=1 << 17)
-def _score(client: int, name: str) -> int:
-    return _mix(client ^ id_hash(name))
-
-
 def rendezvous(client: int, ids: Iterable[str], k: int) -> list[str]:
-    """The ``k`` ids of highest score for ``client`` (a 64-bit hash), best first. Scores are
-    cached: a client scores the same members on every membership change."""
-    return nlargest(k, ids, key=lambda i: _score(client, i))
+    """The ``k`` ids of highest score for ``client`` (a 64-bit hash), best first (a
+    :class:`Subsetter` keeps its scores; this is the same ranking, computed afresh)."""
+    return nlargest(k, ids, key=lambda i: _mix(client ^ id_hash(i)))
 
 
 def aperture(offset: float, ids: Sequence[str], k: int) -> dict[str, float]:
@@ -256,11 +252,38 @@ class Subsetter:
     client_id: str
     zone: str | None = None
     offset: float | None = None
+    # Every membership change asks twice (the watcher's filter, then the balancer's update) over
+    # the same record objects: the last answer is kept, with the records (so that their ids,
+    # its key, cannot be reused by other objects), and so are this client's rendezvous scores.
+    _memo: list[Any] = field(default_factory=lambda: [None], init=False, compare=False, repr=False)
+    _scores: dict[str, int] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def choose(self, records: Iterable[InstanceRecord], size: int) -> dict[str, float]:
         """``{instance id: weight factor}`` of the members to route over. Only routable members
         are eligible; a group of at most ``size`` eligible members is kept whole (factors 1).
         The factor is the part of its slot an aperture covers, times :func:`_self_share`."""
+        kept = list(records)
+        key = (size, frozenset(map(id, kept)))
+        memo = self._memo[0]
+        if memo is not None and memo[0] == key:
+            return dict(memo[2])
+        chosen = self._choose(kept, size)
+        self._memo[0] = (key, kept, chosen)
+        return dict(chosen)
+
+    def _top(self, weights: Mapping[str, float], size: int) -> list[str]:
+        """Rendezvous: the ``size`` ids of highest score for this client (scores kept per id;
+        forgotten when most of them belong to members gone)."""
+        scores = self._scores
+        if len(scores) > 2 * len(weights) + 1024:
+            scores.clear()
+        client = id_hash(self.client_id)
+        for i in weights:
+            if i not in scores:
+                scores[i] = _mix(client ^ id_hash(i))
+        return nlargest(size, weights, key=scores.__getitem__)
+
+    def _choose(self, records: list[InstanceRecord], size: int) -> dict[str, float]:
         groups: dict[str, dict[str, float]] = {}
         for r in records:
             if r.routable:
@@ -274,7 +297,7 @@ class Subsetter:
                 offset = self.offset if self.offset is not None else id_hash(self.client_id) / 2.0**64
                 part = aperture(offset, list(weights), size)
             else:
-                part = dict.fromkeys(rendezvous(id_hash(self.client_id), weights, size), 1.0)
+                part = dict.fromkeys(self._top(weights, size), 1.0)
             total = size * math.fsum(weights.values()) / len(weights)
             chosen.update({i: f * _self_share(weights[i], total) for i, f in part.items()})
         return chosen
