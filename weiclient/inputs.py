@@ -95,37 +95,61 @@ def to_arrays(inputs: object) -> dict[str, np.ndarray]:
     return out
 
 
+def sized(body: bytes, max_bytes: int, what: str = "request") -> bytes:
+    """``body`` unless it is over ``max_bytes``: then :class:`RequestTooLarge`, nothing sent."""
+    if len(body) > max_bytes:
+        raise RequestTooLarge(
+            f"the {what} is {len(body):,} bytes encoded, over the limit of {max_bytes:,} bytes "
+            f"(ChannelConfig.max_message_bytes); it was not sent. Send fewer rows per call, or "
+            f"predict(..., split=True) to scatter them over several instances", size=len(body), limit=max_bytes)
+    return body
+
+
 def encode(req: wire.PredictRequest, max_bytes: int) -> bytes:
     """The request's bytes; refused before sending when over ``max_bytes``."""
     try:
         payload = wire.encode_request(req)
     except wire.WireError as e:
         raise InvalidInput(f"cannot encode the request: {e}") from None
-    if len(payload) > max_bytes:
-        raise RequestTooLarge(
-            f"the request is {len(payload):,} bytes encoded, over the limit of {max_bytes:,} bytes "
-            f"(ChannelConfig.max_message_bytes); it was not sent. Send fewer rows per call, or "
-            f"predict(..., split=True) to scatter them over several instances", size=len(payload), limit=max_bytes)
-    return payload
+    return sized(payload, max_bytes)
 
 
-class MsgpackBody:
-    """A plan's ``weiserving.v1`` body, encoded by the first attempt that goes to a msgpack pod and
-    kept for the later ones: a call that meets only OIP pods never encodes it (its OIP twin is
-    :class:`weiclient.oip.OipRequest`). Raises what :func:`encode` raises, before anything is sent."""
+class LazyBody:
+    """A plan's body in one protocol, encoded by the first attempt that goes to a pod of that
+    protocol and kept for the later ones: a call that meets pods of one protocol encodes once.
+    :meth:`body` raises what the encoding raises (a caller's error), before anything is sent."""
 
-    __slots__ = ("_body", "max_bytes", "request")
+    __slots__ = ("_body",)
 
-    def __init__(self, request: wire.PredictRequest, max_bytes: int) -> None:
-        self.request = request
-        self.max_bytes = max_bytes
+    def __init__(self) -> None:
         self._body: bytes | None = None
 
     def body(self) -> bytes:
         body = self._body
         if body is None:  # two threads racing here build equal bytes; either may stay
-            body = self._body = encode(self.request, self.max_bytes)
+            body = self._body = self._encode()
         return body
+
+    @property
+    def encoded(self) -> bool:
+        return self._body is not None
+
+    def _encode(self) -> bytes:
+        raise NotImplementedError
+
+
+class MsgpackBody(LazyBody):
+    """The ``weiserving.v1`` body (its OIP twin: :class:`weiclient.oip.OipRequest`)."""
+
+    __slots__ = ("max_bytes", "request")
+
+    def __init__(self, request: wire.PredictRequest, max_bytes: int) -> None:
+        super().__init__()
+        self.request = request
+        self.max_bytes = max_bytes
+
+    def _encode(self) -> bytes:
+        return encode(self.request, self.max_bytes)
 
 
 def rows(arrays: Mapping[str, np.ndarray]) -> int:

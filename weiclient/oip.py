@@ -50,35 +50,28 @@ from protocol.oip.infer import (
     format_version,
 )
 
-from .errors import InvalidInput, RequestTooLarge
+from .errors import InvalidInput
+from .inputs import LazyBody, sized
 
 __all__ = ["OipRequest", "decode_response", "encode_request"]
 
 
-class OipRequest:
+class OipRequest(LazyBody):
     """A plan's OIP ModelInfer body: encoded on first use, then kept (one plan, one encoding)."""
 
-    __slots__ = ("model", "version", "inputs", "outputs", "max_bytes", "_body")
+    __slots__ = ("max_bytes", "model", "inputs", "outputs", "version")
 
     def __init__(self, model: str, version: int | None, inputs: Mapping[str, np.ndarray],
                  outputs: Sequence[str] | None, max_bytes: int) -> None:
+        super().__init__()
         self.model = model
         self.version = version
         self.inputs = inputs
         self.outputs = outputs
         self.max_bytes = max_bytes
-        self._body: bytes | None = None
 
-    def body(self) -> bytes:
-        """The request's bytes; raises what :func:`encode_request` raises (a caller's error)."""
-        body = self._body
-        if body is None:  # two threads racing here build equal bytes; either may stay
-            body = self._body = encode_request(self.model, self.version, self.inputs, self.outputs, self.max_bytes)
-        return body
-
-    @property
-    def encoded(self) -> bool:
-        return self._body is not None
+    def _encode(self) -> bytes:
+        return encode_request(self.model, self.version, self.inputs, self.outputs, self.max_bytes)
 
     def __repr__(self) -> str:
         size = "not encoded" if self._body is None else f"{len(self._body):,} bytes"
@@ -92,12 +85,7 @@ def encode_request(model: str, version: int | None, inputs: Mapping[str, np.ndar
         body = encode_infer_request(model, inputs, version=version, outputs=outputs)
     except wire.WireError as e:
         raise InvalidInput(f"cannot encode the OIP request: {e}") from None
-    if len(body) > max_bytes:
-        raise RequestTooLarge(
-            f"the OIP request is {len(body):,} bytes encoded, over the limit of {max_bytes:,} bytes "
-            f"(ChannelConfig.max_message_bytes); it was not sent. Send fewer rows per call, or "
-            f"predict(..., split=True) to scatter them over several instances", size=len(body), limit=max_bytes)
-    return body
+    return sized(body, max_bytes, "OIP request")
 
 
 def decode_response(body: bytes, model: str, version: int | None) -> wire.PredictResponse:
