@@ -8,7 +8,9 @@ The I/O-free cores, each fed events and the current time and returning decisions
 - :mod:`server_agent.weight` -- :class:`~server_agent.weight.WeightController`:
   capacity x health x slow-start, smoothed, clamped, rate-limited publishes.
 - :mod:`server_agent.oip_metrics` -- an OIP server's Prometheus metrics (Triton,
-  MLServer) read into the estimator's work totals and the controller's samples.
+  MLServer) read into figures; :mod:`server_agent.oip_tracker` turns them, scrape
+  by scrape, into the estimator's work totals and the controller's samples.
+- :mod:`server_agent.drain` -- when the shutdown's in-flight wait may end.
 
 Local building blocks: :mod:`server_agent.plugins` (business health plugins
 from ``--plugin-dir``), :mod:`server_agent.capacity` and

@@ -15,8 +15,8 @@ run loop
 ``request_shutdown()`` (SIGTERM, or ``GET /drain`` from the preStop hook)
     1. drain: ``enabled: false``, weight 0 -- clients stop picking the pod;
     2. wait ``drain_wait_s`` so every client has seen it;
-    3. wait until the server's in-flight count (its ``/status`` or metrics) is 0,
-       up to ``in_flight_timeout_s``;
+    3. wait until the server is idle (its ``/status`` or metrics, as
+       :mod:`server_agent.drain` reads them), up to ``in_flight_timeout_s``;
     4. deregister (delete the node), close the session.
 ``force()`` (a second signal) cuts the waits short; deregistration is still tried.
 
@@ -45,6 +45,7 @@ from registry.zk import connect
 
 from .capacity import CapacityReport, calibrate, detect_capacity
 from .config import AgentConfig
+from .drain import Decision, IdleWait, Verdict
 from .errors import CalibrationError, DiscoveryError
 from .estimator import CapacityEstimator
 from .frontend import batch_timer, make_handlers, make_reader
@@ -97,6 +98,7 @@ class Agent:
         self._thread: threading.Thread | None = None
         self._last_transition = ""
         self._drained_at: float | None = None
+        self._drain_outcome = ""  # how the in-flight wait ended (AgentView.drain)
         self.clean = False  # the shutdown sequence deregistered without being forced
         self.shutdown_requested_at: float | None = None
         self.deregistered_at: float | None = None
@@ -363,17 +365,15 @@ class Agent:
         log.info("agent %s: deregistered%s", cfg.instance_id, "" if self.clean else " (forced or unconfirmed)")
 
     def _wait_idle(self) -> None:
-        """Wait for the server's in-flight count to reach 0; unknown is 0 or the whole timeout, as the reader says."""
-        deadline = self._clock() + self.config.in_flight_timeout_s
-        while not self._force.is_set():
-            n = self._reader.in_flight(timeout=0.5)
-            if n == 0 or (n is None and self._reader.idle_when_unknown):
-                return
-            if self._clock() >= deadline:
-                log.warning("agent %s: %s requests in flight after %gs; deregistering anyway", self.config.instance_id,
-                            "unknown" if n is None else n, self.config.in_flight_timeout_s)
-                return
-            self._force.wait(0.05 if n is not None else min(0.5, max(0.0, deadline - self._clock())))
+        """Wait until :class:`~server_agent.drain.IdleWait` finds the server idle or gives up (shown as ``drain``)."""
+        wait, decision = IdleWait(deadline=self._clock() + self.config.in_flight_timeout_s,
+                                  idle_when_unknown=self._reader.idle_when_unknown), Decision(Verdict.WAIT)
+        while decision.verdict is Verdict.WAIT and not self._force.wait(decision.retry_in_s):
+            wait, decision = wait.step(self._reader.in_flight(timeout=0.5), self._clock())
+        if decision.verdict is not Verdict.WAIT:  # else forced
+            self._drain_outcome = decision.reason
+            log.log(logging.INFO if decision.verdict is Verdict.IDLE else logging.WARNING, "agent %s: %s",
+                    self.config.instance_id, decision.reason)
 
     # -- the view ----------------------------------------------------------------------------
 
@@ -390,7 +390,7 @@ class Agent:
             registration_problem=pub.problem if pub is not None and self._life.phase.registered else None,
             zk_writes=pub.stats.writes if pub is not None else 0, weight_publishes=ctl.publishes,
             probe_results=dict(self._counts), heartbeat=now, last_transition=self._last_transition,
-            shutdown_requested=self._shutdown.is_set(), forced=self._force.is_set(),
+            shutdown_requested=self._shutdown.is_set(), forced=self._force.is_set(), drain=self._drain_outcome,
             record=instance_to_json(pub.record) if pub is not None else {},
         )
         with self._cond:

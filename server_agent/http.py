@@ -118,7 +118,7 @@ def agent_status(view: AgentView, now: float) -> dict[str, Any]:
                       "state": str(reg.state) if reg else None, "detail": reg.detail if reg else None,
                       "fresh_restarts": reg.fresh_restarts if reg else 0, "problem": view.registration_problem},
         "weight_publishes": view.weight_publishes, "last_transition": view.last_transition,
-        "shutdown_requested": view.shutdown_requested, "record": dict(view.record),
+        "shutdown_requested": view.shutdown_requested, "drain": view.drain, "record": dict(view.record),
     }
 
 

@@ -22,7 +22,15 @@ an empty list (hosts the model, any version), and the agent logs once why.
 
 **Capacity and health** come from the server's Prometheus metrics at
 ``metrics_url`` (see :mod:`server_agent.oip_metrics`); without them the
-capacity is unknown and the declared or calibrated weight stands.
+capacity is unknown and the declared or calibrated weight stands. MLServer
+counts a caller's mistake (a wrong dtype, an unknown model) in
+``model_infer_request_failure_total``, and nothing on gRPC tells it from the
+pod's own failure, so the error rate the weight controller sees for an
+MLServer pod includes its callers' mistakes (Triton's failure counter, too).
+
+**In flight**, while the agent drains (:meth:`OipReader.in_flight`): the
+server's count, flagged as an estimate where the server's counters only
+bound it (:mod:`server_agent.drain` says how the wait treats one).
 
 Everything here returns a value and never raises to the run loop, but the
 DiscoveryError above, which is a configuration mistake.
@@ -42,9 +50,11 @@ from protocol import oip
 from protocol.oip import pb
 
 from .config import AgentConfig
+from .drain import InFlight
 from .errors import DiscoveryError
 from .estimator import WorkTotals
-from .oip_metrics import MetricsTracker, MetricsView, parse_scrape
+from .oip_metrics import parse_scrape
+from .oip_tracker import MetricsTracker, MetricsView
 from .plugins import PluginSet
 from .probes import ProbeKind, TcpSocketHandler
 from .probes.oip import OipCallError, OipLiveHandler, OipReadyHandler, oip_call
@@ -185,11 +195,13 @@ class OipReader:
         view = self._scrape(timeout, problems) if metrics else None
         return OipReading(ready, hosted, view, "; ".join(problems) or None)
 
-    def in_flight(self, timeout: float = 0.5) -> int | None:
-        """The requests the server still has, from its metrics (None: no metrics say)."""
+    def in_flight(self, timeout: float = 0.5) -> InFlight:
+        """The requests the server still has, from its metrics (count None: no metrics say)."""
         text = _get(self.metrics_url, timeout) if self.metrics_url else None
         scrape = parse_scrape(text.decode("utf-8", "replace")) if text is not None else None
-        return scrape.pending if scrape is not None else None
+        if scrape is None:
+            return InFlight(None)
+        return InFlight(scrape.pending, estimate=scrape.in_flight_estimate, progress=scrape.progress)
 
     def _discover(self, channel: grpc.Channel, timeout: float) -> tuple[str, ...]:
         missing = []

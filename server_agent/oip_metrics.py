@@ -1,10 +1,11 @@
-"""An OIP server's Prometheus metrics, read into what the weight controller and the estimator take.
+"""An OIP server's Prometheus metrics, read into one :class:`Scrape` of per-model figures.
 
-Pure: exposition text goes in (:func:`parse_scrape`), then one scrape and the
-time at a time (:meth:`MetricsTracker.step`); a :class:`MetricsView` comes
-out. No clock is read here and nothing raises on bad input: a line that does
-not parse is skipped, an exposition with no metric we know is None, and a
-metric that is missing leaves its figure unknown (None), never 0.
+Pure: exposition text goes in (:func:`parse_scrape`), a :class:`Scrape` comes
+out (:class:`server_agent.oip_tracker.MetricsTracker` turns scrapes into what
+the weight controller and the estimator take). No clock is read here and
+nothing raises on bad input: a line that does not parse is skipped, an
+exposition with no metric we know is None, and a metric that is missing
+leaves its figure unknown (None), never 0.
 
 The Open Inference Protocol defines no metrics, so each server's own names
 are read through a dialect (:data:`DIALECTS`), which maps them onto one
@@ -22,35 +23,45 @@ latency (p99)          ``nv_inference_request_summary_us`` quantile 0.99  --
                        (with ``--metrics-config summary_latencies=true``)
 waiting now            ``nv_inference_pending_request_count``             ``rest_server_requests_in_progress`` (POST) +
                                                                           gRPC ``grpc_server_started_total`` minus
-                                                                          ``grpc_server_handled_total`` (ModelInfer)
+                                                                          ``grpc_server_handling_seconds_count``
+                                                                          (ModelInfer; see below)
 =====================  ================================================  ==========================================
+
+**MLServer's counters**, as MLServer 1.7 keeps them (measured on a real pod; each gRPC ModelInfer call):
+
+==========================================  =======  =======  ===========  =================  =================
+gRPC ModelInfer call                        started  handled  handling_s   success / failure  the caller sees
+                                                     (OK)     ``_count``
+==========================================  =======  =======  ===========  =================  =================
+served                                      +1       +1       +1           success +1         OK
+wrong dtype or input (the model refuses)    +1       --       +1           failure +1         INVALID_ARGUMENT
+unknown model                               +1       --       +1           failure +1         NOT_FOUND
+cancelled by the caller's deadline          +1       --       +1           --                 DEADLINE_EXCEEDED
+bytes that are no ModelInferRequest         --       --       --           --                 UNKNOWN
+==========================================  =======  =======  ===========  =================  =================
+
+Over REST, ``rest_server_requests_in_progress`` (a gauge) holds the calls running; a served call adds
+to success, one the model refuses (400) to failure, a body that does not validate (422) to neither.
+
+``grpc_server_handled_total`` counts only OK calls (a refusal leaves through ``context.abort``, which
+its interceptor does not see as an error), so started minus handled never comes back to 0 after one
+refused call. The ``grpc_server_handling_seconds`` histogram is observed for every call that ended,
+however it ended, so started minus its ``_count`` is exact; only where it is missing is the count
+read as started minus handled, and marked an estimate (:attr:`Scrape.in_flight_estimate`: an upper
+bound, see :mod:`server_agent.drain`). Streaming ModelStreamInfer calls are in neither counter.
+
+MLServer's ``model_infer_request_failure_total`` counts the callers' mistakes (a wrong dtype, an
+unknown model, over gRPC and REST alike) as failures, so the agent's error rate for MLServer includes
+them: nothing in the exposition tells them apart on gRPC, where ``handled`` has no refused call and
+the histogram no code. (REST's ``rest_server_requests_total`` has the status code, but a correction
+for REST alone would make the figure mean one thing per transport; clients use gRPC.)
 
 wei-serve's own ``/metrics`` (``weiserving_*``, on its status port) is a third
 dialect: requests and errors by status code, queue rows, in-flight and the
 latency EWMA; it reports no model time there (its ``/status`` does).
 
-**Capacity** (Triton only): Triton adds a batch's model time to *each*
-request in the batch, so over one interval the busy time of the model's
-instance is ``model time x batches / requests`` (a batch of 8 requests that
-ran 10 ms adds 80 ms to the counter, and 10 ms is what the instance spent).
-``rows / busy`` is then the rows per second of full use at the batch sizes
-the server ran, which is what :class:`~server_agent.estimator.CapacityEstimator`
-expects. The busy time is that of one model instance: a model with an
-``instance_group`` count of N is credited with one instance's speed, which
-keeps pods with the same model configuration in the right ratio (weights
-are relative), not their absolute rows per second. The tracker accumulates
-the busy time and rows interval by interval, so the :class:`WorkTotals` it
-hands on only grow; an interval in which one of a model's counters went
-backwards (a model reload) adds nothing for that model.
-
-**Queue rows**: Triton counts waiting *requests*; each is taken as the
-model's mean rows per request over the interval (else since start, else 1).
-
-Where a figure is missing -- MLServer reports no model time, a server
-without metrics reports nothing -- it is None: the estimator keeps its prior
-(the declared or calibrated capacity, so the published weight is the static
-one and the record carries no ``samples_per_s``), and the weight controller
-holds the factor that figure drives.
+What the figures become over time -- work totals, busy fraction, latency, queue
+rows -- is :mod:`server_agent.oip_tracker`'s arithmetic.
 """
 
 from __future__ import annotations
@@ -58,13 +69,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .estimator import WorkTotals
-
-__all__ = ["DIALECTS", "MetricsTracker", "MetricsView", "ModelCounters", "Sample", "Scrape", "parse_exposition",
-           "parse_scrape"]
+__all__ = ["DIALECTS", "ModelCounters", "Sample", "Scrape", "parse_exposition", "parse_scrape"]
 
 SERVER_ERROR_CODES = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
                                 "DATA_LOSS"})
@@ -140,11 +148,17 @@ class ModelCounters:
 
 @dataclass(frozen=True, slots=True)
 class Scrape:
-    """One scrape read through a dialect: per-model figures and the server's own in-flight count."""
+    """One scrape read through a dialect: per-model figures and the server's own in-flight count.
+
+    ``in_flight_estimate``: the count is an upper bound that may never return to 0 (MLServer without
+    its handling histogram). ``progress``: the request counters, sorted by name, which move whenever a
+    call starts or ends (a drain tells a stuck estimate from work by them)."""
 
     dialect: str
     models: Mapping[str, ModelCounters] = field(default_factory=dict)
     in_flight: float | None = None
+    in_flight_estimate: bool = False
+    progress: tuple[tuple[str, float], ...] = ()
 
     @property
     def pending(self) -> int | None:
@@ -182,10 +196,18 @@ class _Builder:
 
     def build(self, dialect: str) -> Scrape:
         models = {name: ModelCounters(**f) for name, f in self.models.items()}
-        in_flight = self.server.get("in_flight")
-        if "grpc_started" in self.server and "grpc_handled" in self.server:
-            in_flight = _add(in_flight, max(0.0, self.server["grpc_started"] - self.server["grpc_handled"]))
-        return Scrape(dialect, MappingProxyType(models), None if in_flight is None else max(0.0, in_flight))
+        server = self.server
+        in_flight, estimate = server.get("in_flight"), False
+        if "grpc_started" in server:
+            ended = server.get("grpc_ended")  # every call that ended, however: exact
+            if ended is None and "grpc_handled" in server:
+                ended, estimate = server["grpc_handled"], True  # OK calls only: refused ones never leave
+            if ended is not None:
+                in_flight = _add(in_flight, max(0.0, server["grpc_started"] - ended))
+        counted = [m.requests for m in models.values() if m.requests is not None]
+        progress = tuple(sorted({**server, **({"requests": sum(counted)} if counted else {})}.items()))
+        return Scrape(dialect, MappingProxyType(models), None if in_flight is None else max(0.0, in_flight),
+                      estimate, progress)
 
 
 def _base(name: str) -> str:
@@ -246,7 +268,9 @@ def _mlserver(samples: Iterable[Sample], b: _Builder) -> None:
         elif s.name == "grpc_server_started_total" and s.labels.get("grpc_method") == "ModelInfer":
             b.add_server("grpc_started", s.value)
         elif s.name == "grpc_server_handled_total" and s.labels.get("grpc_method") == "ModelInfer":
-            b.add_server("grpc_handled", s.value)
+            b.add_server("grpc_handled", s.value)  # OK calls only: see the module docstring
+        elif s.name == "grpc_server_handling_seconds_count" and s.labels.get("grpc_method") == "ModelInfer":
+            b.add_server("grpc_ended", s.value)
 
 
 def _weiserving(samples: Iterable[Sample], b: _Builder) -> None:
@@ -285,114 +309,3 @@ def parse_scrape(text: str) -> Scrape | None:
             read(samples, b)
             return b.build(name)
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class MetricsView:
-    """What one scrape says after the tracker's arithmetic; None is unknown.
-
-    ``work``: cumulative rows and full-use seconds (None when the server reports
-    no model time: capacity unknown). ``requests`` / ``errors``: cumulative,
-    the controller diffs them. The rest are this interval's."""
-
-    dialect: str
-    work: WorkTotals | None = None
-    requests: int | None = None
-    errors: int | None = None
-    busy_fraction: float | None = None
-    mean_latency_ms: float | None = None
-    p99_ms: float | None = None
-    queue_rows: float | None = None
-    pending: int | None = None
-
-
-def _delta(cur: float | None, prev: float | None) -> float | None:
-    return None if cur is None or prev is None or cur < prev else cur - prev
-
-
-def _sum(values: Iterable[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return sum(known) if known else None
-
-
-def _max(values: Iterable[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return max(known) if known else None
-
-
-@dataclass(frozen=True, slots=True)
-class _Interval:
-    """One model's part of one interval."""
-
-    rows: float | None = None
-    busy_s: float | None = None
-    latency_ms: float | None = None
-    rows_per_request: float | None = None
-
-
-def _interval(cur: ModelCounters, prev: ModelCounters | None) -> _Interval:
-    if prev is None:
-        return _Interval()
-    counters = ("requests", "errors", "succeeded", "rows", "batches", "model_s", "latency_s", "latency_n")
-    d = {k: _delta(getattr(cur, k), getattr(prev, k)) for k in counters}
-    if any(getattr(cur, k) is not None and getattr(prev, k) is not None and d[k] is None for k in counters):
-        return _Interval()  # a counter went backwards (a reload): no evidence from this model this time
-    busy = None
-    if d["model_s"] is not None:
-        done, batches = d["succeeded"], d["batches"]
-        share = min(1.0, batches / done) if done and batches is not None else 1.0
-        busy = d["model_s"] * share
-    latency = d["latency_s"] / d["latency_n"] * 1000 if d["latency_s"] is not None and d["latency_n"] else None
-    per_request = d["rows"] / d["succeeded"] if d["rows"] is not None and d["succeeded"] else None
-    return _Interval(rows=d["rows"] if busy is not None else None, busy_s=busy, latency_ms=latency,
-                     rows_per_request=per_request)
-
-
-def _queue_rows(m: ModelCounters, part: _Interval) -> float | None:
-    if m.queue_rows is not None:
-        return m.queue_rows
-    if m.waiting is None:
-        return None
-    per_request = part.rows_per_request
-    if per_request is None and m.rows is not None and m.succeeded:
-        per_request = m.rows / m.succeeded
-    return m.waiting * (per_request or 1.0)
-
-
-@dataclass(frozen=True, slots=True)
-class MetricsTracker:
-    """The state between scrapes: the last scrape, when it was taken, and the work accumulated so far.
-
-    ``tracker, view = tracker.step(scrape, now)``; a scrape of another dialect
-    than the last (a different server behind the URL) starts over."""
-
-    last: Scrape | None = None
-    at: float | None = None
-    rows: float = 0.0
-    busy_s: float = 0.0
-
-    def step(self, scrape: Scrape, now: float) -> tuple[MetricsTracker, MetricsView]:
-        prev = self.last if self.last is not None and self.last.dialect == scrape.dialect else None
-        dt = now - self.at if prev is not None and self.at is not None else 0.0
-        parts = {name: _interval(m, prev.models.get(name) if prev is not None else None)
-                 for name, m in scrape.models.items()}
-        rows = self.rows + sum(p.rows for p in parts.values() if p.rows is not None)
-        busy = self.busy_s + sum(p.busy_s for p in parts.values() if p.busy_s is not None)
-        timed = any(m.model_s is not None and m.rows is not None for m in scrape.models.values())
-        busiest = _max(p.busy_s for p in parts.values())
-        models = scrape.models.values()
-        view = MetricsView(
-            dialect=scrape.dialect,
-            work=WorkTotals(rows=round(rows), busy_s=busy) if timed else None,
-            requests=_int(_sum(m.requests for m in models)), errors=_int(_sum(m.errors for m in models)),
-            busy_fraction=min(1.0, busiest / dt) if busiest is not None and dt > 0 else None,
-            mean_latency_ms=_max([*(p.latency_ms for p in parts.values()),
-                                  *(m.ewma_s * 1000 if m.ewma_s is not None else None for m in models)]),
-            p99_ms=_max(m.p99_s * 1000 if m.p99_s is not None else None for m in models),
-            queue_rows=_sum(_queue_rows(m, parts[name]) for name, m in scrape.models.items()),
-            pending=scrape.pending)
-        return replace(self, last=scrape, at=now, rows=rows, busy_s=busy), view
-
-
-def _int(v: float | None) -> int | None:
-    return None if v is None else round(v)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from protocol.status import StatusDoc, StatusError
 
 from .config import AgentConfig
+from .drain import InFlight
 from .estimator import WorkTotals
 from .plugins import PluginSet
 from .probes import HttpGetHandler, ProbeKind, ProbeResult, TcpSocketHandler
@@ -173,7 +174,7 @@ class Reader(Protocol):
     idle_when_unknown: bool
 
     def read(self, timeout: float = 1.0, *, metrics: bool = True) -> Reading: ...
-    def in_flight(self, timeout: float = 0.5) -> int | None: ...
+    def in_flight(self, timeout: float = 0.5) -> InFlight: ...
 
 
 class StatusReader:
@@ -191,8 +192,8 @@ class StatusReader:
     def read(self, timeout: float = 1.0, *, metrics: bool = True) -> ServerReading:
         return read_server(self.status_url, timeout=timeout, metrics=metrics)
 
-    def in_flight(self, timeout: float = 0.5) -> int | None:
-        return read_server(self.status_url, timeout=timeout, metrics=False).in_flight
+    def in_flight(self, timeout: float = 0.5) -> InFlight:
+        return InFlight(read_server(self.status_url, timeout=timeout, metrics=False).in_flight)  # exact: a gauge
 
     def __repr__(self) -> str:
         return f"<StatusReader {self.status_url}>"

@@ -43,6 +43,7 @@ class AgentView:
     last_transition: str = ""
     shutdown_requested: bool = False
     forced: bool = False
+    drain: str = ""  # how the shutdown's in-flight wait ended: "server idle: ...", "... deregistering anyway"
     record: Mapping[str, Any] = field(default_factory=dict)
     registry: SessionStatus | None = None  # connected / suspended / lost / reconnecting-fresh
     registration_problem: str | None = None  # registered, but the node cannot be written (id conflict, errors)

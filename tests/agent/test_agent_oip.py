@@ -41,6 +41,7 @@ from serving.server import ModelServer
 
 ROOT = Path(__file__).resolve().parents[2]
 MLSERVER = ROOT / ".venv-mlserver" / "bin" / "mlserver"
+SLOW_S = 2.0  # a call to the real MLServer's ``rank`` model takes this long
 
 
 @pytest.fixture
@@ -124,7 +125,7 @@ def test_drain_waits_for_the_requests_the_server_still_has(zk, zk_settings, tmp_
         call.start()
         reader = OipReader(config.target, metrics_url=config.metrics_url)
         deadline = time.monotonic() + 10
-        while reader.in_flight() != 1 and time.monotonic() < deadline:
+        while reader.in_flight().count != 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         agent.request_shutdown()
         assert agent.wait(15) and agent.clean
@@ -269,17 +270,25 @@ def test_the_manifest_passes_the_protocol_to_the_agent(capsys):
 # -- a real MLServer ----------------------------------------------------------------------------
 
 MLSERVER_MODEL = '''
+import asyncio
+
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
+from mlserver.errors import InferenceError
 from mlserver.types import InferenceRequest, InferenceResponse
 
 
 class Doubler(MLModel):
     async def load(self) -> bool:
+        extra = (self.settings.parameters.extra if self.settings.parameters else None) or {}
+        self._delay_s = float(extra.get("delay_s", 0.0))
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        if payload.inputs[0].datatype != "FP32":
+            raise InferenceError(f"x is {payload.inputs[0].datatype}, not FP32")  # gRPC INVALID_ARGUMENT
         x = NumpyCodec.decode_input(payload.inputs[0])
+        await asyncio.sleep(self._delay_s)
         return InferenceResponse(model_name=self.name, model_version=self.version,
                                  outputs=[NumpyCodec.encode_output("y", x * 2)])
 '''
@@ -287,15 +296,17 @@ class Doubler(MLModel):
 
 @pytest.fixture
 def mlserver(tmp_path):
+    """A real MLServer serving ``iris`` (version "v1") and ``rank`` (version 3, each call takes 2 s)."""
     if not MLSERVER.exists():
         pytest.skip(f"no MLServer at {MLSERVER} (install mlserver into /work/main/.venv-mlserver)")
     ports = {"http_port": h.free_port(), "grpc_port": h.free_port(), "metrics_port": h.free_port()}
-    for name, version in (("iris", "v1"), ("rank", "3")):  # MLServer allows any version string
+    for name, version, delay_s in (("iris", "v1", 0), ("rank", "3", SLOW_S)):  # MLServer allows any version string
         d = tmp_path / "mls" / name
         d.mkdir(parents=True)
         (d / "model.py").write_text(MLSERVER_MODEL)
         (d / "model-settings.json").write_text(json.dumps({
-            "name": name, "implementation": "model.Doubler", "parameters": {"version": version},
+            "name": name, "implementation": "model.Doubler",
+            "parameters": {"version": version, "extra": {"delay_s": delay_s}},
             "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}]}))
     (tmp_path / "mls" / "settings.json").write_text(json.dumps({**ports, "parallel_workers": 0}))
     proc = subprocess.Popen([str(MLSERVER), "start", str(tmp_path / "mls")], cwd=tmp_path / "mls",
@@ -324,3 +335,60 @@ def test_an_agent_in_front_of_a_real_mlserver(zk, zk_settings, mlserver, agents)
     proc.send_signal(signal.SIGTERM)
     drained = h.wait_record(zk, path, lambda r: r is not None and not r.enabled, timeout=30)
     assert drained.state is State.DRAINING
+
+
+def mlserver_agent(zk, zk_settings, ports, agents, **kw) -> Agent:
+    config = h.fast_config(zk_settings, target=f"127.0.0.1:{ports['grpc_port']}", status_url=None,
+                           protocol=Protocol.OIP, metrics_url=f"http://127.0.0.1:{ports['metrics_port']}/metrics", **kw)
+    agent = agents(config)
+    h.wait_record(zk, config.zk.paths.instance("ctr", "pod-a"), lambda r: r is not None and r.state is State.SERVING,
+                  timeout=60)
+    return agent
+
+
+def refuse(target: str) -> list[str]:
+    """Calls MLServer refuses, one of each kind: the model's INVALID_ARGUMENT, an unknown model, bytes
+    that are no request; MLServer counts none of them handled."""
+    codes = []
+    with grpc.insecure_channel(target) as channel:
+        infer_call = channel.unary_unary(oip.METHODS["ModelInfer"])
+        for body in (encode_infer_request("iris", {"x": np.zeros((1, 3), np.float64)}),
+                     encode_infer_request("iris", {"x": np.zeros((1, 3), np.float64)}),
+                     encode_infer_request("nope", {"x": np.zeros((1, 3), np.float32)}), b"\xff\xff\x00no request"):
+            with pytest.raises(grpc.RpcError) as e:
+                infer_call(body, timeout=10)
+            codes.append(e.value.code().name)
+    return codes
+
+
+def test_after_refused_calls_a_drain_finds_a_real_mlserver_idle(zk, zk_settings, mlserver, agents):
+    _, ports = mlserver
+    agent = mlserver_agent(zk, zk_settings, ports, agents, drain_wait_s=0.2, in_flight_timeout_s=60.0)
+    target = agent.config.target
+    assert refuse(target) == ["INVALID_ARGUMENT", "INVALID_ARGUMENT", "NOT_FOUND", "UNKNOWN"]
+    assert oip_predict(target, 10.0)("iris", {"x": [[1, 2, 3]]})["y"].tolist() == [[2.0, 4.0, 6.0]]
+    view = agent.wait_for(lambda v: v.server is not None and v.server.requests == 4, timeout=15)  # 1 OK + 3 failed
+    assert view.server.errors == 3  # MLServer counts its callers' mistakes as failures
+    assert view.server.in_flight == 0  # was 3 for good: refused calls are never "handled"
+    agent.request_shutdown()
+    assert agent.wait(90) and agent.clean
+    assert agent.view.drain == "server idle: no request in flight"
+
+
+def test_a_drain_waits_for_a_slow_call_on_a_real_mlserver(zk, zk_settings, mlserver, agents):
+    _, ports = mlserver
+    agent = mlserver_agent(zk, zk_settings, ports, agents, drain_wait_s=0.2, in_flight_timeout_s=60.0)
+    target = agent.config.target
+    refuse(target)  # a residue started - handled would still count
+    answers: list[list] = []
+    sent_at = time.monotonic()
+    call = threading.Thread(target=lambda: answers.append(oip_predict(target, 30.0)("rank", {"x": [[1, 2, 3]]})["y"]
+                                                          .tolist()))
+    call.start()
+    agent.wait_for(lambda v: v.server is not None and v.server.in_flight == 1, timeout=15)
+    agent.request_shutdown()
+    assert agent.wait(90) and agent.clean
+    call.join()
+    assert answers == [[[2.0, 4.0, 6.0]]]  # the call completed, OK
+    assert agent.deregistered_at >= sent_at + SLOW_S  # the model slept SLOW_S after it was sent: the node went after
+    assert agent.view.drain == "server idle: no request in flight"

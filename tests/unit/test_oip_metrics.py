@@ -1,4 +1,4 @@
-"""An OIP server's Prometheus metrics -> WorkTotals and ServerSample (server_agent.oip_metrics): pure, no I/O.
+"""An OIP server's Prometheus metrics -> WorkTotals and ServerSample (oip_metrics, oip_tracker): pure, no I/O.
 
 Triton does not run here; its exposition is recorded in tests/agent/data from its documented names
 (two scrapes 10 s apart, numbers chosen so the deltas are exact):
@@ -6,6 +6,9 @@ Triton does not run here; its exposition is recorded in tests/agent/data from it
     ctr  (batching): +1,000 requests (+10 failed), +120,000 rows, +250 batches, model time +24 s summed per
                      request -> busy 24 x 250 / 1,000 = 6 s; request time +40 s -> 40 ms mean; 3 waiting
     rank (no batch):   +500 requests, +500 rows, +500 batches, model time +2.5 s -> busy 2.5 s; 8 ms mean
+
+MLServer's expositions there are captured from a real pod (tests/mlserver/pods.py), each file saying what
+calls it had seen.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import pytest
 
 from server_agent.estimator import CapacityEstimator, WorkTotals
 from server_agent.oip_io import OipReading
-from server_agent.oip_metrics import MetricsTracker, parse_exposition, parse_scrape
+from server_agent.oip_metrics import parse_exposition, parse_scrape
+from server_agent.oip_tracker import MetricsTracker
 from server_agent.weight import ServerSample
 
 DATA = Path(__file__).resolve().parents[1] / "agent" / "data"
 T0 = (DATA / "triton_metrics_t0.txt").read_text()
 T1 = (DATA / "triton_metrics_t1.txt").read_text()
+MLS_REFUSED = (DATA / "mlserver_metrics_refused.txt").read_text()  # real MLServer 1.7.1 captures (see each file's
+MLS_IN_FLIGHT = (DATA / "mlserver_metrics_in_flight.txt").read_text()  # first line)
 
 MLSERVER = """\
 # MLServer 1.7's names and labels (as its /metrics on the metrics port shows them); a health GET is no inference
@@ -162,12 +168,34 @@ def test_a_different_server_behind_the_url_starts_over():
 
 
 def test_mlserver_requests_errors_mean_latency_and_in_flight_no_capacity():
-    tracker, first = MetricsTracker().step(parse_scrape(mlserver(10, 1, 11, 0.55)), 0.0)
+    scrape = parse_scrape(mlserver(10, 1, 11, 0.55))
+    assert scrape.in_flight_estimate  # no handling histogram here: gRPC started - handled, an upper bound
+    tracker, first = MetricsTracker().step(scrape, 0.0)
     assert first.dialect == "mlserver" and first.pending == 3  # 2 REST /infer in progress + 7 - 6 gRPC ModelInfer
     tracker, view = tracker.step(parse_scrape(mlserver(30, 1, 31, 1.55)), 5.0)
     assert (view.requests, view.errors) == (31, 1)
     assert view.mean_latency_ms == pytest.approx(1000 / 20)  # 1 s over 20 requests
     assert view.work is None and view.busy_fraction is None  # MLServer reports no model time: capacity unknown
+
+
+def test_a_real_mlserver_idle_after_refused_calls_has_nothing_in_flight():
+    # gRPC: 2 OK, 2 INVALID_ARGUMENT, 1 NOT_FOUND, 1 malformed (never started); REST: 1 OK, 1 400 (see the file)
+    scrape = parse_scrape(MLS_REFUSED)
+    assert scrape.dialect == "mlserver" and scrape.pending == 0 and not scrape.in_flight_estimate
+    _, view = MetricsTracker().step(scrape, 0.0)
+    assert (view.requests, view.errors) == (3 + 4, 4)  # MLServer counts the callers' mistakes as failures
+    assert view.pending == 0
+    # Without the handling histogram the count would be started - handled (5 - 2): the refused calls, for good
+    no_histogram = "\n".join(line for line in MLS_REFUSED.splitlines() if "grpc_server_handling_seconds" not in line)
+    leaky = parse_scrape(no_histogram)
+    assert leaky.pending == 3 and leaky.in_flight_estimate
+
+
+def test_a_real_mlserver_with_slow_calls_in_flight_counts_them_exactly():
+    busy, idle = parse_scrape(MLS_IN_FLIGHT), parse_scrape(MLS_REFUSED)
+    assert busy.pending == 2 and not busy.in_flight_estimate  # 7 started - 5 ended; started - handled says 5
+    assert busy.progress != idle.progress  # the calls' start moved a counter
+    assert dict(busy.progress)["grpc_started"] == 7 and dict(busy.progress)["grpc_ended"] == 5
 
 
 def test_wei_serve_metrics_read_as_a_dialect():
