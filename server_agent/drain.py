@@ -9,6 +9,7 @@ what the reading says                         verdict   why
 ============================================  ========  ====================================================
 0 in flight                                   IDLE      nothing left to finish
 unknown, the reader counts unknown as idle    IDLE      wei-serve drains itself on SIGTERM
+unknown, and the server's port refuses        IDLE      a dead server finishes nothing (killed, crashed)
 an exact count > 0, or unknown                WAIT      until ``deadline`` (``--in-flight-timeout-s``)
 an *estimate* > 0 that moved                  WAIT      work is completing: the counters say so
 an estimate > 0 that, with every request      IDLE      a residue the server never lowers (see below)
@@ -56,6 +57,7 @@ class InFlight:
     count: int | None
     estimate: bool = False
     progress: tuple[tuple[str, float], ...] = ()
+    gone: bool = False  # the server's port refuses connections: a dead process finishes nothing
 
     @property
     def still(self) -> tuple[int | None, tuple[tuple[str, float], ...]]:
@@ -100,6 +102,8 @@ class IdleWait:
         n = seen.count
         if n is not None and n <= 0:
             return self, Decision(Verdict.IDLE, "server idle: no request in flight")
+        if n is None and seen.gone:
+            return self, Decision(Verdict.IDLE, "server gone: its port refuses connections, nothing is left to finish")
         if n is None and self.idle_when_unknown:
             return self, Decision(Verdict.IDLE, "server idle: nothing says what is in flight (counted idle)")
         since = now

@@ -39,6 +39,7 @@ DiscoveryError above, which is a configuration mistake.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -200,7 +201,7 @@ class OipReader:
         text = _get(self.metrics_url, timeout) if self.metrics_url else None
         scrape = parse_scrape(text.decode("utf-8", "replace")) if text is not None else None
         if scrape is None:
-            return InFlight(None)
+            return InFlight(None, gone=_refused(self.target, timeout))
         return InFlight(scrape.pending, estimate=scrape.in_flight_estimate, progress=scrape.progress)
 
     def _discover(self, channel: grpc.Channel, timeout: float) -> tuple[str, ...]:
@@ -356,3 +357,16 @@ def build_oip_handlers(cfg: AgentConfig, reader: OipReader) -> dict[ProbeKind, H
         readiness = AllOf(readiness, PluginSet(cfg.plugins, target=target,
                                                predict=oip_predict(target, cfg.plugins.timeout_s)))
     return {ProbeKind.STARTUP: live, ProbeKind.READINESS: readiness, ProbeKind.LIVENESS: live}
+
+
+def _refused(target: str, timeout: float) -> bool:
+    """True only when ``target``'s port actively refuses a connection (the process is gone);
+    a timeout or any other error is not proof of that."""
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except ConnectionRefusedError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False

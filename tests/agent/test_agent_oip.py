@@ -392,3 +392,15 @@ def test_a_drain_waits_for_a_slow_call_on_a_real_mlserver(zk, zk_settings, mlser
     assert answers == [[[2.0, 4.0, 6.0]]]  # the call completed, OK
     assert agent.deregistered_at >= sent_at + SLOW_S  # the model slept SLOW_S after it was sent: the node went after
     assert agent.view.drain == "server idle: no request in flight"
+
+
+def test_a_drain_in_front_of_a_killed_mlserver_ends_at_once(zk, zk_settings, mlserver, agents):
+    """A SIGKILLed server answers neither metrics nor gRPC, and its port refuses connections:
+    nothing can be left to finish, so the drain ends without the in-flight timeout (60 s here)."""
+    proc, ports = mlserver
+    agent = mlserver_agent(zk, zk_settings, ports, agents, drain_wait_s=0.2, in_flight_timeout_s=60.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    agent.request_shutdown()
+    assert agent.wait(90)
+    assert agent.view.drain.startswith("server gone"), agent.view.drain

@@ -265,13 +265,12 @@ class MLServerPod:
 
 # A test pod's agent: probes every 0.2 s, so a dead pod is drained after two failed readiness probes;
 # no slow start (the record turns SERVING at its full weight, cores x 1,000, at once); a short drain.
-# The in-flight wait is short for a pod that is gone: a SIGKILLed pod's metrics do not answer, and an
-# OIP agent that cannot read the count waits the whole --in-flight-timeout-s (20 s by default) before
-# it deregisters. A live pod's drain ends as soon as MLServer's count is 0 (refused calls included).
+# A live pod's drain ends as soon as MLServer's count is 0 (refused calls included); a SIGKILLed
+# pod's as soon as its port refuses connections (the default --in-flight-timeout-s is never reached).
 AGENT_FLAGS: Mapping[str, str] = {
     "--cpu-cores": "2", "--ramp-s": "0", "--startup-period-s": "0.2", "--readiness-period-s": "0.2",
     "--readiness-failure-threshold": "2", "--readiness-timeout-s": "1", "--liveness-period-s": "1",
-    "--status-poll-s": "1", "--drain-wait-s": "0.5", "--in-flight-timeout-s": "1", "--log-level": "INFO"}
+    "--status-poll-s": "1", "--drain-wait-s": "0.5", "--log-level": "INFO"}
 
 
 @dataclass(eq=False)

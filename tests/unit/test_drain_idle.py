@@ -70,3 +70,10 @@ def test_a_quiet_window_must_be_positive():
 def test_a_wait_says_when_to_read_again(seen, now, retry_in_s):
     _, decision = IdleWait(deadline=60.0).step(seen, now)
     assert decision.verdict is WAIT and decision.retry_in_s == retry_in_s
+
+
+def test_a_server_whose_port_refuses_is_idle_and_a_merely_silent_one_is_not():
+    assert run([(0.0, InFlight(None, gone=True))]) == ([IDLE], "server gone: its port refuses connections, "
+                                                               "nothing is left to finish")
+    assert run([(0.0, InFlight(None)), (60.0, InFlight(None))])[0] == [WAIT, TIMEOUT]
+    assert run([(0.0, InFlight(2, gone=True))])[0] == [WAIT]  # a count was read: the server answered
