@@ -131,8 +131,28 @@ def _call(channel: grpc.Channel, method: str, request, response_type, timeout: f
     return response_type.FromString(body)
 
 
+class _Child:
+    """A child process of the tests (``_proc``) whose output goes to ``log_path``."""
+
+    _proc: subprocess.Popen | None
+
+    @property
+    def log_path(self) -> Path:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+
 @dataclass(eq=False)
-class MLServerPod:
+class MLServerPod(_Child):
     root: Path
     spec: PodSpec = field(default_factory=PodSpec)
     http_port: int = 0
@@ -160,16 +180,6 @@ class MLServerPod:
     def returncode(self) -> int | None:
         """None while running (or never started); else the exit status, -9 after :meth:`kill`."""
         return None if self._proc is None else self._proc.poll()
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except FileNotFoundError:
-            return ""
 
     def start(self, attempts: int = 3) -> MLServerPod:
         if not available():
@@ -274,7 +284,7 @@ AGENT_FLAGS: Mapping[str, str] = {
 
 
 @dataclass(eq=False)
-class OipAgent:
+class OipAgent(_Child):
     """``wei-agent run --protocol oip`` in front of ``pod``, as a process of our venv (log:
     ``agent-<id>.log`` in the pod's directory). ``flags`` replace :data:`AGENT_FLAGS` entries.
     :meth:`start` returns once it runs, not once it registered: wait on the registry for that.
@@ -311,16 +321,6 @@ class OipAgent:
             self._proc = subprocess.Popen(self.argv(), cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT)
         return self
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except FileNotFoundError:
-            return ""
 
     def terminate(self) -> None:
         """SIGTERM without waiting (several agents drain at once); once: a second one forces the agent."""
