@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import os
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from registry.records import InstanceRecord
 from registry.watcher import MembershipWatcher
@@ -54,7 +54,7 @@ class Fleet:
         """A call of ``rows`` rows is being sent (its attempts count once)."""
         self.meter.add(rows, now)
 
-    def wanted(self, records: Collection[InstanceRecord], now: float) -> int:
+    def wanted(self, records: Iterable[InstanceRecord], now: float) -> int:
         """The subset size this client's peak load asks for now. Asked every second: the pods'
         mean capacity is read again only when ``records`` is another object (a new snapshot)."""
         if self.config.subset.size is not None:
@@ -65,7 +65,7 @@ class Fleet:
             self._capacity = (records, capacity)
         return subset_size(self.config.subset, self.meter.peak(now), capacity)
 
-    def resize(self, balancer: Balancer, records: Collection[InstanceRecord], now: float) -> bool:
+    def resize(self, balancer: Balancer, records: Iterable[InstanceRecord], now: float) -> bool:
         """Resize ``balancer``'s subset if the load moved enough (see :func:`next_size`)."""
         current = balancer.subset_size
         if current is None:
