@@ -15,7 +15,6 @@ signal is set by ``setpriv --pdeathsig`` instead, after ``exec``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import re
 import shutil
 import signal
@@ -116,18 +115,6 @@ def _mode_of(srvr_answer: str) -> str | None:
         if line.startswith("Mode:"):
             return line.split(":", 1)[1].strip()
     return None
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` for child processes: the kernel SIGKILLs them when their parent dies.
-
-    A ``preexec_fn`` makes subprocess ``fork()`` (not ``vfork()``) and run every at-fork
-    handler; in a process with gRPC or BLAS threads that can hang or crash. Prefer
-    :func:`die_with_parent_prefix` in front of the command.
-    """
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def die_with_parent_prefix() -> list[str]:

@@ -34,7 +34,8 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from protocol import wire
 from registry.records import InstanceRecord, State, decode_instance
-from registry.testing import ZooKeeperEnsemble, die_with_parent, free_ports
+from registry.testing import ZooKeeperEnsemble, free_ports
+from registry.testing.process import die_with_parent_prefix
 from registry.zk import RegistryPaths
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,10 +146,12 @@ class Pod:
 
     def _spawn(self, what: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         with (self.home / f"{what}.log").open("ab") as log:
+            # setpriv, not a preexec_fn: Python code between fork and exec in this threaded process
+            # (gRPC, kazoo) crashed a fresh clone's run with SIGSEGV inside ctypes
             return subprocess.Popen(
-                [sys.executable, *args], cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONPATH": str(REPO), **(env or {})},
-                preexec_fn=die_with_parent)  # noqa: PLW1509 - single call, no threads touched
+                [*die_with_parent_prefix(), sys.executable, *args], cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONPATH": str(REPO), **(env or {})})
 
     def signal(self, sig: signal.Signals, *, server: bool = True, agent: bool = True) -> None:
         for proc, wanted in ((self.server, server), (self.agent, agent)):
