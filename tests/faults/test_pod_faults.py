@@ -60,10 +60,11 @@ def test_pod_sigstop_5s(cluster, steady, record):
     record(len(load.since(t0)), errors, back, "from SIGCONT until SERVING and answering calls",
            session_expired="yes" if expired else "no")
     # Open finding: now and then a call that met the frozen pod is not hedged and waits for its
-    # deadline (0-3 in ~300 calls). Likely cause: a hedge that wins cancels the frozen primary,
-    # which frees its in-flight rows, so the frozen pod looks idle again to p2c_jsed and draws the
-    # next call, whose hedge the budget may refuse. Bounded here, not hidden: any other error, or
-    # more than 2 % of the calls, fails.
+    # deadline (0-3 in ~300 calls; 1 in each of 8 runs on 2026-12-01, started 0.3-0.7 s into the
+    # freeze, "after 1 attempt": no hedge was ever sent, so the hedge budget or the pick refused it).
+    # Not the cause, tried: giving a cancelled hedge loser its elapsed time as a latency sample (so
+    # the frozen pod looks slow) left it at 1 per run. Bounded here, not hidden: any other error,
+    # or more than 2 % of the calls, fails.
     calls = len(load.since(t0))
     assert set(errors) <= {"DeadlineExceeded"} and sum(errors.values()) <= max(2, 0.02 * calls), (
         load.errors_seen, [round(c.started - t0, 2) for c in load.since(t0) if not c.ok])
