@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from prometheus_client import REGISTRY
+from client_metrics import counted
 
 from protocol import wire
 from registry.publisher import Publisher
@@ -115,11 +115,6 @@ def client(zk_settings):
         timeout_s=10.0, channel=ChannelConfig(max_message_bytes=CLIENT_MAX_BYTES)))
     yield c
     c.close()
-
-
-def counted(name: str, client: WeiClient) -> float:
-    return sum(s.value for m in REGISTRY.collect() if m.name == name for s in m.samples
-               if s.labels.get("client") == client._metrics.name and s.name.endswith("_total"))
 
 
 def assert_no_pod_charged(client: WeiClient) -> None:

@@ -18,7 +18,7 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
-from prometheus_client import REGISTRY
+from client_metrics import counted
 
 from protocol import oip, wire
 from protocol.oip.infer import decode_infer_request, encode_infer_response
@@ -56,13 +56,6 @@ def client_for(zk_settings):
     yield make
     for c in clients:
         c.close()
-
-
-def counted(name: str, client: WeiClient, **labels: str) -> float:
-    """A client counter (its ``client`` label; counters outlive a client, so tests take deltas)."""
-    return sum(s.value for m in REGISTRY.collect() if m.name == name for s in m.samples
-               if s.labels.get("client") == client._metrics.name and s.name.endswith("_total")
-               and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def served(pod, model: str = "ctr", code: str = "OK") -> float:

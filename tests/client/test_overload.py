@@ -16,7 +16,7 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
-from prometheus_client import REGISTRY
+from client_metrics import counted
 
 from protocol import wire
 from registry.publisher import Publisher
@@ -116,12 +116,6 @@ def client(zk_settings):
     yield make
     for c in made:
         c.close()
-
-
-def counted(name: str, client: WeiClient, **labels: str) -> float:
-    return sum(s.value for m in REGISTRY.collect() if m.name == name for s in m.samples
-               if s.labels.get("client") == client._metrics.name and s.name.endswith("_total")
-               and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def endpoint_row(client: WeiClient, instance_id: str):

@@ -33,8 +33,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+from client_metrics import counted
 from pods import MLServerPod, OipAgent
-from prometheus_client import REGISTRY
 
 from registry.membership import MembershipSnapshot
 from registry.records import Protocol, State
@@ -60,13 +60,6 @@ def check(out: dict[str, np.ndarray], x: np.ndarray) -> int:
     assert out["ver"].tolist() == [1] * len(x)
     (who,) = set(out["who"].tolist())
     return who
-
-
-def counted(name: str, client: WeiClient, **labels: str) -> float:
-    """A client counter (by its ``client`` label; counters outlive a client, so tests take deltas)."""
-    return sum(s.value for m in REGISTRY.collect() if m.name == name for s in m.samples
-               if s.labels.get("client") == client._metrics.name and s.name.endswith("_total")
-               and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def assert_unharmed(client: WeiClient) -> None:
