@@ -57,8 +57,6 @@ class Fleet:
     def wanted(self, records: Iterable[InstanceRecord], now: float) -> int:
         """The subset size this client's peak load asks for now. Asked every second: the pods'
         mean capacity is read again only when ``records`` is another object (a new snapshot)."""
-        if self.config.subset.size is not None:
-            return self.config.subset.size
         seen, capacity = self._capacity
         if seen is not records:
             capacity = pod_capacity(r for r in records if r.routable)
